@@ -1,0 +1,48 @@
+# cytobench developer commands. `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU machines: a torch/torchvision pair that installs from the registries and runs on CPU.
+# On a machine with torch preinstalled (e.g. a GPU box), run `make venv TORCH_SPEC=` with a
+# venv made by `python -m venv --system-site-packages .venv`.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+WANDB_MODE ?= offline
+export NO_ALBUMENTATIONS_UPDATE=1 HF_HUB_OFFLINE=1 MPLBACKEND=Agg WANDB_MODE
+
+.PHONY: venv demo test test-fast lint format notebooks bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH_SPEC) -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+## The main job: simulate a toy dataset, train Faster R-CNN on CPU, print a metrics table.
+demo: venv
+	$(BIN)/python train.py experiment=demo
+
+## Everything CI runs: unit, model, training, DDP and notebook tests.
+test: venv
+	$(BIN)/python -m pytest -n 2 --dist loadfile tests notebooks --nbmake -q
+
+test-fast: venv
+	$(BIN)/python -m pytest tests -m "not slow" -q
+
+lint: venv
+	$(BIN)/ruff check src tests bench train.py
+	$(BIN)/ruff format --check src tests bench train.py
+
+format: venv
+	$(BIN)/ruff check --fix src tests bench train.py
+	$(BIN)/ruff format src tests bench train.py
+
+bench: venv
+	$(BIN)/python bench/bench_coco_eval.py
+	$(BIN)/python bench/bench_enumeration.py
+
+clean:
+	rm -rf runs outputs multirun .pytest_cache

@@ -1,0 +1,188 @@
+"""``cytobench`` command line: train, eval, predict, simulate, export.
+
+Every command reads and writes COCO json so that any model or external tool can be scored.
+Bad input stops with one line naming the file, the item and the fault (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cytobench.errors import BadInputError, CytobenchError
+
+EVAL_KINDS = ("coco-bbox", "coco-segm", "coco-keypoints", "enumeration", "localization")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".czi"}
+
+
+# ------------------------------------------------------------------------------------------------ eval
+def evaluate_files(
+    kind: str,
+    gt_path: str | Path,
+    pred_path: str | Path,
+    *,
+    iou_thr: float = 0.5,
+    score_thr: float = 0.5,
+    eps: Sequence[float] = (1.0, 2.0, 3.0),
+    max_dets: Sequence[int] = (1, 10, 100),
+    overlap_tau: float = 0.5,
+) -> dict[str, float]:
+    """Score a COCO results file against a COCO ground-truth file; returns namespaced metrics."""
+    from cytobench.evaluation import EnumerationEvaluator, LocalizationEvaluator, evaluate_coco
+    from cytobench.io.coco import coco_to_targets, load_coco, load_coco_results, results_to_predictions
+
+    gt = load_coco(gt_path)
+    results = load_coco_results(pred_path, gt)
+    if kind.startswith("coco-"):
+        iou_type = kind.removeprefix("coco-")
+        if iou_type == "keypoints" and not any(c.get("keypoints") for c in gt["categories"]):
+            raise BadInputError(gt_path, "no category defines keypoints, so keypoint AP is undefined")
+        metrics = evaluate_coco(gt, results, iou_type, max_dets=tuple(max_dets))
+        return {f"coco/{iou_type}_{k}": v for k, v in metrics.items()}
+    targets = coco_to_targets(gt)
+    predictions = results_to_predictions(results, [img["id"] for img in gt["images"]])
+    if kind == "enumeration":
+        evaluator: Any = EnumerationEvaluator(score_thr=score_thr, iou_thr=iou_thr, overlap_tau=overlap_tau)
+    else:
+        evaluator = LocalizationEvaluator(eps=tuple(eps))
+    evaluator.process(targets, predictions)
+    return evaluator.compute()
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    metrics = evaluate_files(
+        args.kind,
+        args.gt,
+        args.pred,
+        iou_thr=args.iou_thr,
+        score_thr=args.score_thr,
+        eps=args.eps,
+        max_dets=args.max_dets,
+        overlap_tau=args.overlap_tau,
+    )
+    text = json.dumps(metrics, indent=2, default=float)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text)
+
+
+# --------------------------------------------------------------------------------------------- predict
+def list_images(paths: Sequence[str | Path]) -> list[Path]:
+    """Image files given directly or found (non-recursively) in the given folders, sorted by name."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise BadInputError(path, "no such file or folder")
+    if not found:
+        raise BadInputError(", ".join(map(str, paths)), "no images found (png, jpg, bmp, tif, czi)")
+    return found
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from cytobench.engine.predict import predict_images
+
+    images = list_images(args.images)
+    results, dataset = predict_images(args.checkpoint, images, device=args.device, batch_size=args.batch_size)
+    from cytobench.io.coco import save_coco, save_coco_results
+
+    save_coco_results(args.out, results)
+    index_path = Path(args.out).with_suffix(".images.json")
+    save_coco(index_path, dataset)
+    print(f"wrote {len(results)} detections on {len(images)} images to {args.out} (image ids: {index_path})")
+
+
+# -------------------------------------------------------------------------------------------- simulate
+def _cmd_simulate_toy(args: argparse.Namespace) -> None:
+    from cytobench.simulate.toy import simulate_toy
+
+    out = simulate_toy(n_images=args.n, out_dir=args.out, size=(args.size[1], args.size[0]), seed=args.seed)
+    print(f"simulated {args.n} toy images into {args.out} ({out})")
+
+
+def _cmd_export_yolo(args: argparse.Namespace) -> None:
+    from cytobench.io.yolo import export_yolo
+
+    mapping = export_yolo(args.gt, args.images, args.out, split=args.split, task=args.task)
+    print(f"exported {args.gt} to YOLO format in {args.out} (class ids: {mapping})")
+
+
+# ----------------------------------------------------------------------------------------------- train
+def _cmd_train(overrides: list[str]) -> None:
+    from cytobench.train import main as train_main
+
+    sys.argv = ["cytobench train", *overrides]
+    train_main()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cytobench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("train", help="train an experiment (same as `python train.py`; Hydra overrides follow)")
+
+    ev = sub.add_parser("eval", help="score COCO predictions against COCO ground truth; prints json metrics")
+    ev.add_argument("kind", choices=EVAL_KINDS)
+    ev.add_argument("--gt", required=True, help="COCO ground-truth dataset json")
+    ev.add_argument("--pred", required=True, help="COCO results json (list of detections)")
+    ev.add_argument("--iou-thr", type=float, default=0.5, help="enumeration: IoU to count a match")
+    ev.add_argument("--score-thr", type=float, default=0.5, help="enumeration: keep detections >= this score")
+    ev.add_argument("--overlap-tau", type=float, default=0.5, help="enumeration: IoG sum defining S_o")
+    ev.add_argument("--eps", type=float, nargs="+", default=[1.0, 2.0, 3.0], help="localization: pixels")
+    ev.add_argument("--max-dets", type=int, nargs=3, default=[1, 10, 100], help="coco: maxDets")
+    ev.add_argument("--out", help="also write the metrics json here")
+    ev.set_defaults(func=_cmd_eval)
+
+    pr = sub.add_parser("predict", help="run a trained checkpoint on images; writes COCO results json")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--images", required=True, nargs="+", help="image files and/or folders")
+    pr.add_argument("--out", required=True, help="results json to write")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--batch-size", type=int, default=2)
+    pr.set_defaults(func=_cmd_predict)
+
+    sim = sub.add_parser("simulate", help="generate a labelled dataset with known truth (COCO)")
+    sim_sub = sim.add_subparsers(dest="simulator", required=True)
+    toy = sim_sub.add_parser("toy", help="ellipse 'cells' and debris, for smoke tests and demos")
+    toy.add_argument("--n", type=int, required=True)
+    toy.add_argument("--size", type=int, nargs=2, default=[128, 128], metavar=("W", "H"))
+    toy.add_argument("--seed", type=int, default=0)
+    toy.add_argument("--out", required=True)
+    toy.set_defaults(func=_cmd_simulate_toy)
+
+    ex = sub.add_parser("export", help="convert a COCO dataset to another format")
+    ex_sub = ex.add_subparsers(dest="format", required=True)
+    yolo = ex_sub.add_parser("yolo", help="YOLO detect/segment labels + data.yaml")
+    yolo.add_argument("--gt", required=True)
+    yolo.add_argument("--images", required=True)
+    yolo.add_argument("--out", required=True)
+    yolo.add_argument("--split", default="train")
+    yolo.add_argument("--task", choices=("detect", "segment"), default="detect")
+    yolo.set_defaults(func=_cmd_export_yolo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        _cmd_train(argv[1:])
+        return
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CytobenchError as err:
+        print(str(err), file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

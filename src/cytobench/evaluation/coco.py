@@ -1,0 +1,312 @@
+"""COCO evaluation (bbox, segm, keypoints) with configurable ``maxDets`` and area ranges.
+
+:func:`evaluate_coco` runs the per-image matching and accumulation of faster-coco-eval
+(``backend="faster"``, default) or pycocotools (``backend="pycocotools"``) and then
+summarises the precision / recall arrays itself, so that custom ``maxDets`` (dense images
+have hundreds of objects) and custom area ranges are reported correctly: pycocotools'
+``summarize()`` hard-codes ``maxDets=100`` for AP (-1 for ``maxDets=(1, 10, 300)``) and
+``maxDets=20`` for keypoints.
+
+Parity: with ``backend="pycocotools"`` the numbers are bit-identical to ``COCOeval`` with
+the same parameters, summarised as ``COCOeval._summarize`` does (mean of the entries > -1).
+With ``backend="faster"`` the per-image matching is identical but faster-coco-eval computes
+precision as ``tp / (tp + fp)`` where pycocotools divides by ``tp + fp + eps``; the two
+differ only when the best operating point is a single leading true positive (1.0 against
+1 - 2.2e-16), so the summary numbers agree to ~1e-16 (tests use ``atol=1e-12``).
+
+Undefined metrics: where pycocotools reports -1 (no ground truth in an area range / category
+set) this module returns NaN, so it can never be mistaken for a score. An empty results
+list is evaluated normally: 0.0 wherever ground truth exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from cytobench.errors import BadInputError
+from cytobench.evaluation.coco_format import (
+    coco_gt_from_targets,
+    coco_results_from_predictions,
+    target_to_coco,
+    prediction_to_coco,
+)
+from cytobench.evaluation.base import Evaluator
+from cytobench.types import Prediction, Target
+
+IOU_TYPES = ("bbox", "segm", "keypoints")
+#: COCO person-keypoint OKS sigmas (17 keypoints).
+COCO_KPT_SIGMAS: np.ndarray = (
+    np.array([0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89])
+    / 10.0
+)
+#: Sigma used for every keypoint when K != 17 and no sigmas are given: the mean COCO sigma.
+DEFAULT_KPT_SIGMA: float = float(COCO_KPT_SIGMAS.mean())
+ALL_AREA = (0.0, 1e5**2)
+DET_AREA_RANGES: dict[str, tuple[float, float]] = {
+    "small": (0.0, 32.0**2),
+    "medium": (32.0**2, 96.0**2),
+    "large": (96.0**2, 1e5**2),
+}
+KPT_AREA_RANGES: dict[str, tuple[float, float]] = {"medium": (32.0**2, 96.0**2), "large": (96.0**2, 1e5**2)}
+_AREA_TAGS = {"small": "s", "medium": "m", "large": "l"}
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """Print function that drops everything (faster-coco-eval logging)."""
+
+
+def _area_tag(label: str) -> str:
+    """Key suffix of an area range: small/medium/large -> s/m/l, any other label -> ``_label``."""
+    return _AREA_TAGS.get(label, f"_{label}")
+
+
+def default_max_dets(iou_type: str) -> tuple[int, ...]:
+    """COCO's maxDets: (1, 10, 100) for bbox / segm, (20,) for keypoints."""
+    return (20,) if iou_type == "keypoints" else (1, 10, 100)
+
+
+def _segmentation_area(seg: Any, height: int, width: int) -> float:
+    from pycocotools import mask as mask_utils
+
+    if isinstance(seg, list):  # polygons
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    elif isinstance(seg, Mapping) and isinstance(seg.get("counts"), list):  # uncompressed RLE
+        rle = mask_utils.frPyObjects(dict(seg), height, width)
+    else:
+        rle = dict(seg)
+    return float(mask_utils.area(rle))
+
+
+def _prepare_gt(gt: Mapping[str, Any], iou_type: str) -> dict[str, Any]:
+    """Shallow copy of a COCO dataset dict with per-annotation copies and filled defaults.
+
+    The libraries write into annotation dicts (``ignore``, RLE conversion); copies keep the
+    caller's data intact. Missing ``iscrowd`` becomes 0, missing ``area`` the segmentation
+    area (else the box area), missing ``num_keypoints`` the number of visible keypoints.
+    """
+    if not isinstance(gt, Mapping) or "images" not in gt:
+        raise BadInputError("ground truth", "not a COCO dataset dict (no 'images' list)")
+    sizes = {img["id"]: (img.get("height", 0), img.get("width", 0)) for img in gt["images"]}
+    need = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}[iou_type]
+    anns = []
+    for i, src in enumerate(gt.get("annotations", [])):
+        ann = dict(src)
+        item = f"annotation {ann.get('id', i)}"
+        if ann.get("image_id") not in sizes:
+            raise BadInputError("ground truth", f"image_id {ann.get('image_id')} is not in 'images'", item)
+        if need not in ann:
+            raise BadInputError("ground truth", f"has no '{need}' (needed for {iou_type} evaluation)", item)
+        ann.setdefault("iscrowd", 0)
+        if "area" not in ann:
+            if "segmentation" in ann and ann["segmentation"]:
+                ann["area"] = _segmentation_area(ann["segmentation"], *sizes[ann["image_id"]])
+            elif "bbox" in ann:
+                ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
+            else:
+                raise BadInputError("ground truth", "has neither 'area', 'segmentation' nor 'bbox'", item)
+        if iou_type == "keypoints" and "num_keypoints" not in ann:
+            ann["num_keypoints"] = int(np.count_nonzero(np.asarray(ann["keypoints"])[2::3] > 0))
+        anns.append(ann)
+    out = {key: value for key, value in gt.items() if key != "annotations"}
+    out["images"] = [dict(img) for img in gt["images"]]
+    out["annotations"] = anns
+    out.setdefault("categories", [])
+    return out
+
+
+def _prepare_results(results: Sequence[Mapping[str, Any]], image_ids: set[Any], iou_type: str) -> list[dict]:
+    """Copy and validate a COCO results list against the ground-truth image ids."""
+    need = {"bbox": ("bbox", "segmentation"), "segm": ("segmentation",), "keypoints": ("keypoints",)}[iou_type]
+    out = []
+    for i, src in enumerate(results):
+        item = f"result {i}"
+        if not isinstance(src, Mapping):
+            raise BadInputError("predictions", "is not a dict", item)
+        image_id = src.get("image_id")
+        if image_id not in image_ids:
+            raise BadInputError("predictions", f"image_id {image_id} is not in the ground truth", item)
+        for key in ("category_id", "score"):
+            if key not in src:
+                raise BadInputError("predictions", f"has no '{key}'", item)
+        if not any(key in src for key in need):
+            raise BadInputError("predictions", f"has no '{need[0]}' (needed for {iou_type} evaluation)", item)
+        out.append(dict(src))
+    return out
+
+
+def _kpt_sigmas(gt: Mapping[str, Any], sigmas: Sequence[float] | None) -> np.ndarray:
+    lengths = {len(a["keypoints"]) // 3 for a in gt["annotations"]}
+    if len(lengths) > 1:
+        raise BadInputError("ground truth", f"annotations have different numbers of keypoints: {sorted(lengths)}")
+    k = lengths.pop() if lengths else len(sigmas) if sigmas is not None else 17
+    if sigmas is None:
+        return COCO_KPT_SIGMAS.copy() if k == 17 else np.full(k, DEFAULT_KPT_SIGMA)
+    arr = np.asarray(sigmas, dtype=np.float64).ravel()
+    if arr.size != k:
+        raise ValueError(f"kpt_oks_sigmas has {arr.size} values but annotations have {k} keypoints")
+    return arr
+
+
+def accumulate_coco(
+    gt: Mapping[str, Any],
+    results: Sequence[Mapping[str, Any]],
+    iou_type: str = "bbox",
+    max_dets: Sequence[int] | None = None,
+    area_ranges: Mapping[str, tuple[float, float]] | None = None,
+    backend: str = "faster",
+    kpt_oks_sigmas: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """Run COCO matching and accumulation; return the raw precision / recall arrays.
+
+    Args: see :func:`evaluate_coco`.
+
+    Returns:
+        ``{"precision": (T, R, K, A, M), "recall": (T, K, A, M), "iou_thrs": (T,),
+        "rec_thrs": (R,), "area_labels": [A labels, "all" first], "max_dets": [M, ascending]}``
+        with pycocotools' layout (-1 where undefined); T = 10 IoU / OKS thresholds 0.5:0.95,
+        R = 101 recall thresholds, K = categories.
+    """
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
+    if backend not in ("faster", "pycocotools"):
+        raise ValueError(f"backend must be 'faster' or 'pycocotools', got {backend!r}")
+    dets = sorted({int(m) for m in (max_dets if max_dets is not None else default_max_dets(iou_type))})
+    if not dets or dets[0] < 1:
+        raise ValueError(f"max_dets must be positive integers, got {max_dets}")
+    ranges = dict(area_ranges) if area_ranges is not None else (
+        dict(KPT_AREA_RANGES) if iou_type == "keypoints" else dict(DET_AREA_RANGES)
+    )
+    all_range = ranges.pop("all", ALL_AREA)
+    labels = ["all", *ranges]
+    area_rng = [[float(lo), float(hi)] for lo, hi in [all_range, *ranges.values()]]
+
+    gt_data = _prepare_gt(gt, iou_type)
+    res = _prepare_results(results, {img["id"] for img in gt_data["images"]}, iou_type)
+    sigmas = _kpt_sigmas(gt_data, kpt_oks_sigmas) if iou_type == "keypoints" else None
+
+    if backend == "faster":
+        from faster_coco_eval import COCO, COCOeval_faster
+
+        coco_gt = COCO(gt_data, print_function=_quiet)
+        coco_dt = coco_gt.loadRes(res)
+        coco_dt.print_function = _quiet
+        ev = COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=_quiet, kpt_oks_sigmas=sigmas)
+        _set_params(ev.params, dets, area_rng, labels)
+        ev.evaluate()
+        ev.accumulate()
+    else:
+        from pycocotools.coco import COCO as PyCOCO
+        from pycocotools.cocoeval import COCOeval
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_gt = PyCOCO()
+            coco_gt.dataset = gt_data
+            coco_gt.createIndex()
+            if res:
+                coco_dt = coco_gt.loadRes(res)
+            else:  # pycocotools' loadRes cannot take an empty list
+                coco_dt = PyCOCO()
+                coco_dt.dataset = {"images": list(gt_data["images"]), "categories": gt_data["categories"],
+                                   "annotations": []}
+                coco_dt.createIndex()
+            ev = COCOeval(coco_gt, coco_dt, iou_type)
+            if sigmas is not None:
+                ev.params.kpt_oks_sigmas = sigmas
+            _set_params(ev.params, dets, area_rng, labels)
+            ev.evaluate()
+            ev.accumulate()
+    return {
+        "precision": np.asarray(ev.eval["precision"]),
+        "recall": np.asarray(ev.eval["recall"]),
+        "iou_thrs": np.asarray(ev.params.iouThrs),
+        "rec_thrs": np.asarray(ev.params.recThrs),
+        "area_labels": labels,
+        "max_dets": dets,
+    }
+
+
+def _set_params(params: Any, max_dets: list[int], area_rng: list[list[float]], labels: list[str]) -> None:
+    params.maxDets = list(max_dets)
+    params.areaRng = area_rng
+    params.areaRngLbl = list(labels)
+
+
+def _mean_valid(values: np.ndarray) -> float:
+    """pycocotools' ``_summarize`` reduction: mean of the entries > -1, NaN if there are none."""
+    valid = values[values > -1]
+    return float(np.mean(valid)) if valid.size else float("nan")
+
+
+def summarize_coco(arrays: Mapping[str, Any], iou_type: str = "bbox") -> dict[str, float]:
+    """Summary statistics of :func:`accumulate_coco` arrays, named after their parameters.
+
+    bbox / segm: ``AP, AP50, AP75`` and ``AP{area}`` per area range at the last maxDets;
+    ``AR{m}`` for every maxDets m; ``AR{area}`` at the last maxDets. Keypoints: ``AP, AP50,
+    AP75, AP{area}, AR, AR50, AR75, AR{area}``, all at the last maxDets. ``{area}`` is s / m / l
+    for small / medium / large, ``_label`` for other range names.
+    """
+    precision, recall = arrays["precision"], arrays["recall"]
+    iou_thrs, labels, dets = arrays["iou_thrs"], arrays["area_labels"], arrays["max_dets"]
+    last = len(dets) - 1
+
+    def ap(area: int = 0, iou: float | None = None) -> float:
+        s = precision if iou is None else precision[np.where(iou == iou_thrs)[0]]
+        return _mean_valid(s[:, :, :, area, last])
+
+    def ar(area: int = 0, m: int = last, iou: float | None = None) -> float:
+        s = recall if iou is None else recall[np.where(iou == iou_thrs)[0]]
+        return _mean_valid(s[:, :, area, m])
+
+    out = {"AP": ap(), "AP50": ap(iou=0.5), "AP75": ap(iou=0.75)}
+    for a, label in enumerate(labels[1:], start=1):
+        out[f"AP{_area_tag(label)}"] = ap(area=a)
+    if iou_type == "keypoints":
+        out.update({"AR": ar(), "AR50": ar(iou=0.5), "AR75": ar(iou=0.75)})
+    else:
+        for m, n_det in enumerate(dets):
+            out[f"AR{n_det}"] = ar(m=m)
+    for a, label in enumerate(labels[1:], start=1):
+        out[f"AR{_area_tag(label)}"] = ar(area=a)
+    return out
+
+
+def evaluate_coco(
+    gt: Mapping[str, Any],
+    results: Sequence[Mapping[str, Any]],
+    iou_type: str = "bbox",
+    max_dets: Sequence[int] | None = None,
+    area_ranges: Mapping[str, tuple[float, float]] | None = None,
+    backend: str = "faster",
+    kpt_oks_sigmas: Sequence[float] | None = None,
+) -> dict[str, float]:
+    """COCO metrics of a results list against a ground-truth dataset.
+
+    Args:
+        gt: COCO dataset dict (``images``, ``annotations`` with ``bbox`` as xywh absolute pixels,
+            ``segmentation`` as polygons or RLE, ``keypoints`` flat [x, y, v]*K; ``categories``).
+            Not modified.
+        results: COCO results list (``image_id``, ``category_id``, ``score`` and ``bbox`` /
+            ``segmentation`` (RLE) / ``keypoints``). Not modified.
+        iou_type: ``"bbox"``, ``"segm"`` or ``"keypoints"``.
+        max_dets: detections per image considered, ascending; None = COCO's default, (1, 10, 100)
+            for bbox / segm and (20,) for keypoints. AP uses the last (largest) value.
+        area_ranges: ``{label: (min_area, max_area)}``; None = COCO's ranges (small / medium /
+            large; medium / large for keypoints). ``"all"`` = (0, 1e10) is always added first.
+        backend: ``"faster"`` (faster-coco-eval, fast) or ``"pycocotools"`` (reference).
+        kpt_oks_sigmas: (K,) OKS sigmas; None = COCO's for K = 17, else ``DEFAULT_KPT_SIGMA``.
+
+    Returns:
+        ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm",
+        "ARl"}`` for the defaults (see :func:`summarize_coco`); values in [0, 1] or NaN where
+        no ground truth makes the metric undefined.
+
+    Raises:
+        BadInputError: a result's ``image_id`` is not in ``gt`` (or other malformed input).
+    """
+    arrays = accumulate_coco(gt, results, iou_type, max_dets, area_ranges, backend, kpt_oks_sigmas)
+    return summarize_coco(arrays, iou_type)

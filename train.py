@@ -1,0 +1,3 @@
+from cytobench.train import main
+
+main()
