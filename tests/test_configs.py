@@ -15,8 +15,11 @@ from tests.conftest import CONF_DIR, compose_config
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 # Experiments on user data need paths; a small toy set stands in for them.
 REQUIRED_PATHS = {
-    "data": ["data.train.root=/nonexistent/images", "data.train.ann_file=/nonexistent/train.json",
-             "data.val.ann_file=/nonexistent/val.json"],
+    "data": [
+        "data.train.root=/nonexistent/images",
+        "data.train.ann_file=/nonexistent/train.json",
+        "data.val.ann_file=/nonexistent/val.json",
+    ],
 }
 
 

@@ -30,8 +30,15 @@ from cytobench.engine.distributed import (
     is_main_process,
     local_device,
 )
-from cytobench.engine.hooks import CheckpointHook, EarlyStopping, EvalHook, Hook, MetricsFile, StepLogger
-from cytobench.engine.hooks import write_json_atomic
+from cytobench.engine.hooks import (
+    CheckpointHook,
+    EarlyStopping,
+    EvalHook,
+    Hook,
+    MetricsFile,
+    StepLogger,
+    write_json_atomic,
+)
 from cytobench.engine.inference import ShardSampler
 from cytobench.engine.loggers import Logger
 from cytobench.engine.schedule import build_optimizer, build_scheduler
@@ -46,7 +53,9 @@ def build_loader(dataset: Any, *, batch_size: int, num_workers: int, train: bool
     """Training loaders shuffle by (seed, epoch) through a DistributedSampler, also on one process,
     so resumed runs see the same order; evaluation loaders shard without padding."""
     if train:
-        sampler = DistributedSampler(dataset, num_replicas=get_world_size(), rank=get_rank(), shuffle=True, seed=seed)
+        sampler = DistributedSampler(
+            dataset, num_replicas=get_world_size(), rank=get_rank(), shuffle=True, seed=seed
+        )
     else:
         sampler = ShardSampler(len(dataset))
     generator = torch.Generator().manual_seed(seed)
@@ -107,16 +116,22 @@ def run(cfg: DictConfig) -> float | None:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, **tcfg.optimizer)
     steps_per_epoch = math.ceil(len(train_loader) / max(1, tcfg.grad_accum_steps))
-    scheduler = build_scheduler(optimizer, steps_per_epoch=steps_per_epoch, max_epochs=tcfg.max_epochs, **tcfg.scheduler)
+    scheduler = build_scheduler(
+        optimizer, steps_per_epoch=steps_per_epoch, max_epochs=tcfg.max_epochs, **tcfg.scheduler
+    )
     evaluator = instantiate(cfg.evaluator)
     logger = build_logger(cfg.get("logger"), run_dir) if is_main_process() else Logger()
     logger.log_config(OmegaConf.to_container(cfg, resolve=True))
 
-    checkpoints = CheckpointHook(run_dir / "checkpoints", tcfg.checkpoint_period, tcfg.monitor, tcfg.monitor_mode)
+    checkpoints = CheckpointHook(
+        run_dir / "checkpoints", tcfg.checkpoint_period, tcfg.monitor, tcfg.monitor_mode
+    )
     hooks: list[Hook] = [EvalHook(evaluator, val_loader, tcfg.eval_period)]
     if tcfg.early_stopping.patience:
         es = tcfg.early_stopping
-        hooks.append(EarlyStopping(es.metric or tcfg.monitor, es.mode or tcfg.monitor_mode, es.patience, es.min_delta))
+        hooks.append(
+            EarlyStopping(es.metric or tcfg.monitor, es.mode or tcfg.monitor_mode, es.patience, es.min_delta)
+        )
     hooks += [checkpoints, MetricsFile(run_dir / "metrics.json"), StepLogger(tcfg.log_every)]
 
     trainer = Trainer(
@@ -151,7 +166,11 @@ def run(cfg: DictConfig) -> float | None:
     summary = {
         **trainer.summary(),
         "monitor": tcfg.monitor,
-        "best": {"value": checkpoints.best, "epoch": checkpoints.best_epoch, "checkpoint": str(checkpoints.best_path)},
+        "best": {
+            "value": checkpoints.best,
+            "epoch": checkpoints.best_epoch,
+            "checkpoint": str(checkpoints.best_path),
+        },
         "run_dir": str(run_dir),
     }
     if is_main_process():

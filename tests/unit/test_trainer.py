@@ -94,13 +94,26 @@ class InterruptAfter(Hook):
             raise Interrupt
 
 
-def make_trainer(tmp: Path, *, max_epochs: int = 4, batch_size: int = 3, accum: int = 1, clip: float | None = None,
-                 extra_hooks: tuple[Hook, ...] = (), model: TinyModel | None = None, evaluator=None,
-                 schedule: str = "cosine") -> Trainer:
+def make_trainer(
+    tmp: Path,
+    *,
+    max_epochs: int = 4,
+    batch_size: int = 3,
+    accum: int = 1,
+    clip: float | None = None,
+    extra_hooks: tuple[Hook, ...] = (),
+    model: TinyModel | None = None,
+    evaluator=None,
+    schedule: str = "cosine",
+) -> Trainer:
     seed_everything(0)
     data = NoisyData()
-    loader = DataLoader(data, batch_size=batch_size, collate_fn=collate,
-                        sampler=DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=0))
+    loader = DataLoader(
+        data,
+        batch_size=batch_size,
+        collate_fn=collate,
+        sampler=DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=0),
+    )
     val_loader = DataLoader(NoisyData(6, seed=1), batch_size=3, collate_fn=collate)
     model = model or TinyModel()
     opt = build_optimizer(model.parameters(), name="sgd", lr=0.05, momentum=0.9)
@@ -108,8 +121,19 @@ def make_trainer(tmp: Path, *, max_epochs: int = 4, batch_size: int = 3, accum: 
     sched = build_scheduler(opt, steps_per_epoch=steps, max_epochs=max_epochs, name=schedule, warmup_steps=3)
     ckpt = CheckpointHook(tmp / "ckpt", monitor="toy/score")
     hooks = [EvalHook(evaluator or MeanValue(), val_loader), *extra_hooks, ckpt]
-    return Trainer(model, loader, opt, sched, max_epochs=max_epochs, device=torch.device("cpu"), hooks=hooks,
-                   grad_accum_steps=accum, clip_grad_norm=clip, progress=False, checkpoint_hint=ckpt.last_path)
+    return Trainer(
+        model,
+        loader,
+        opt,
+        sched,
+        max_epochs=max_epochs,
+        device=torch.device("cpu"),
+        hooks=hooks,
+        grad_accum_steps=accum,
+        clip_grad_norm=clip,
+        progress=False,
+        checkpoint_hint=ckpt.last_path,
+    )
 
 
 def params(trainer: Trainer) -> list[torch.Tensor]:

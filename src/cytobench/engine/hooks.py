@@ -80,7 +80,9 @@ class EarlyStopping(Hook):
         self._seen_epoch = trainer.epoch
         value = trainer.latest_metrics.get(self.metric)
         if value is None:
-            raise KeyError(f"early stopping metric {self.metric!r} not among {sorted(trainer.latest_metrics)}")
+            raise KeyError(
+                f"early stopping metric {self.metric!r} not among {sorted(trainer.latest_metrics)}"
+            )
         if is_better(value, self.best, self.mode, self.min_delta):
             self.best, self.bad_evals = value, 0
             return
@@ -120,7 +122,9 @@ class CheckpointHook(Hook):
         if self.monitor and trainer.metrics_epoch == trainer.epoch:
             value = trainer.latest_metrics.get(self.monitor)
             if value is None:
-                raise KeyError(f"checkpoint monitor {self.monitor!r} not among {sorted(trainer.latest_metrics)}")
+                raise KeyError(
+                    f"checkpoint monitor {self.monitor!r} not among {sorted(trainer.latest_metrics)}"
+                )
             improved = is_better(value, self.best, self.mode)
             if improved:
                 self.best, self.best_epoch = value, trainer.epoch
@@ -148,7 +152,9 @@ class StepLogger(Hook):
     def after_step(self, trainer: Trainer, losses: dict[str, float]) -> None:
         if trainer.step % self.every == 0 and is_main_process():
             lr = trainer.optimizer.param_groups[0]["lr"]
-            trainer.logger.log_metrics({**{f"train/{k}": v for k, v in losses.items()}, "train/lr": lr}, trainer.step)
+            trainer.logger.log_metrics(
+                {**{f"train/{k}": v for k, v in losses.items()}, "train/lr": lr}, trainer.step
+            )
 
 
 class MetricsFile(Hook):

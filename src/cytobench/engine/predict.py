@@ -15,7 +15,9 @@ from cytobench.engine.distributed import local_device
 from cytobench.errors import BadInputError
 
 
-def load_model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_model_from_checkpoint(
+    path: str | Path, device: torch.device
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model a training run saved (its config travels inside the checkpoint)."""
     ckpt = load_checkpoint(path, map_location=device)
     if "model_config" not in ckpt or "model" not in ckpt:
@@ -26,7 +28,9 @@ def load_model_from_checkpoint(path: str | Path, device: torch.device) -> tuple[
 
 
 def predictions_to_results(
-    predictions: Sequence[dict[str, Any]], image_ids: Sequence[int], label_to_cat_id: dict[int, int] | None = None
+    predictions: Sequence[dict[str, Any]],
+    image_ids: Sequence[int],
+    label_to_cat_id: dict[int, int] | None = None,
 ) -> list[dict[str, Any]]:
     """COCO results (bbox xywh, score, category_id, keypoints when predicted) from model predictions."""
     results: list[dict[str, Any]] = []
@@ -66,7 +70,9 @@ def predict_images(
         ids = list(range(start + 1, start + 1 + len(chunk)))
         for image_id, path, tensor in zip(ids, chunk, tensors):
             h, w = tensor.shape[-2:]
-            dataset["images"].append({"id": image_id, "file_name": path.name, "height": int(h), "width": int(w)})
+            dataset["images"].append(
+                {"id": image_id, "file_name": path.name, "height": int(h), "width": int(w)}
+            )
         predictions = model([t.to(dev) for t in tensors])
         results += predictions_to_results(predictions, ids, label_to_cat_id)
     return results, dataset

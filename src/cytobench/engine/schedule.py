@@ -82,8 +82,14 @@ def build_scheduler(
 
 
 def build_optimizer(
-    params: Callable | object, *, name: str = "sgd", lr: float = 0.01, momentum: float = 0.9,
-    weight_decay: float = 1e-4, betas: Sequence[float] = (0.9, 0.999), nesterov: bool = False,
+    params: Callable | object,
+    *,
+    name: str = "sgd",
+    lr: float = 0.01,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    betas: Sequence[float] = (0.9, 0.999),
+    nesterov: bool = False,
 ) -> torch.optim.Optimizer:
     """SGD or AdamW over the trainable parameters ``params``."""
     if name == "sgd":

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,9 @@ class Trainer:
         self.model: torch.nn.Module = model
         if is_distributed():
             ids = [device.index] if device.type == "cuda" else None
-            self.model = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
+            self.model = DistributedDataParallel(
+                model, device_ids=ids, find_unused_parameters=find_unused_parameters
+            )
         self.train_loader = train_loader
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -143,7 +145,9 @@ class Trainer:
         bar.close()
         self.epoch_seconds = time.perf_counter() - start
 
-    def _forward_backward(self, images: list[torch.Tensor], targets: list[dict], sync: bool) -> dict[str, float]:
+    def _forward_backward(
+        self, images: list[torch.Tensor], targets: list[dict], sync: bool
+    ) -> dict[str, float]:
         no_sync = self.model.no_sync() if (is_distributed() and not sync) else nullcontext()
         with no_sync:
             with torch.autocast(device_type=self.device.type, enabled=self.amp):

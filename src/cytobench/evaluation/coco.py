@@ -22,26 +22,34 @@ list is evaluated normally: 0.0 wherever ground truth exists.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from cytobench.errors import BadInputError
+from cytobench.evaluation.base import Evaluator
 from cytobench.evaluation.coco_format import (
     coco_gt_from_targets,
     coco_results_from_predictions,
-    target_to_coco,
+    image_size,
+    make_categories,
     prediction_to_coco,
+    prepare_gt,
+    prepare_results,
+    target_to_coco,
 )
-from cytobench.evaluation.base import Evaluator
 from cytobench.types import Prediction, Target
 
 IOU_TYPES = ("bbox", "segm", "keypoints")
 #: COCO person-keypoint OKS sigmas (17 keypoints).
 COCO_KPT_SIGMAS: np.ndarray = (
-    np.array([0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89])
+    np.array(
+        [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89]
+    )
     / 10.0
 )
 #: Sigma used for every keypoint when K != 17 and no sigmas are given: the mean COCO sigma.
@@ -70,79 +78,12 @@ def default_max_dets(iou_type: str) -> tuple[int, ...]:
     return (20,) if iou_type == "keypoints" else (1, 10, 100)
 
 
-def _segmentation_area(seg: Any, height: int, width: int) -> float:
-    from pycocotools import mask as mask_utils
-
-    if isinstance(seg, list):  # polygons
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
-    elif isinstance(seg, Mapping) and isinstance(seg.get("counts"), list):  # uncompressed RLE
-        rle = mask_utils.frPyObjects(dict(seg), height, width)
-    else:
-        rle = dict(seg)
-    return float(mask_utils.area(rle))
-
-
-def _prepare_gt(gt: Mapping[str, Any], iou_type: str) -> dict[str, Any]:
-    """Shallow copy of a COCO dataset dict with per-annotation copies and filled defaults.
-
-    The libraries write into annotation dicts (``ignore``, RLE conversion); copies keep the
-    caller's data intact. Missing ``iscrowd`` becomes 0, missing ``area`` the segmentation
-    area (else the box area), missing ``num_keypoints`` the number of visible keypoints.
-    """
-    if not isinstance(gt, Mapping) or "images" not in gt:
-        raise BadInputError("ground truth", "not a COCO dataset dict (no 'images' list)")
-    sizes = {img["id"]: (img.get("height", 0), img.get("width", 0)) for img in gt["images"]}
-    need = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}[iou_type]
-    anns = []
-    for i, src in enumerate(gt.get("annotations", [])):
-        ann = dict(src)
-        item = f"annotation {ann.get('id', i)}"
-        if ann.get("image_id") not in sizes:
-            raise BadInputError("ground truth", f"image_id {ann.get('image_id')} is not in 'images'", item)
-        if need not in ann:
-            raise BadInputError("ground truth", f"has no '{need}' (needed for {iou_type} evaluation)", item)
-        ann.setdefault("iscrowd", 0)
-        if "area" not in ann:
-            if "segmentation" in ann and ann["segmentation"]:
-                ann["area"] = _segmentation_area(ann["segmentation"], *sizes[ann["image_id"]])
-            elif "bbox" in ann:
-                ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
-            else:
-                raise BadInputError("ground truth", "has neither 'area', 'segmentation' nor 'bbox'", item)
-        if iou_type == "keypoints" and "num_keypoints" not in ann:
-            ann["num_keypoints"] = int(np.count_nonzero(np.asarray(ann["keypoints"])[2::3] > 0))
-        anns.append(ann)
-    out = {key: value for key, value in gt.items() if key != "annotations"}
-    out["images"] = [dict(img) for img in gt["images"]]
-    out["annotations"] = anns
-    out.setdefault("categories", [])
-    return out
-
-
-def _prepare_results(results: Sequence[Mapping[str, Any]], image_ids: set[Any], iou_type: str) -> list[dict]:
-    """Copy and validate a COCO results list against the ground-truth image ids."""
-    need = {"bbox": ("bbox", "segmentation"), "segm": ("segmentation",), "keypoints": ("keypoints",)}[iou_type]
-    out = []
-    for i, src in enumerate(results):
-        item = f"result {i}"
-        if not isinstance(src, Mapping):
-            raise BadInputError("predictions", "is not a dict", item)
-        image_id = src.get("image_id")
-        if image_id not in image_ids:
-            raise BadInputError("predictions", f"image_id {image_id} is not in the ground truth", item)
-        for key in ("category_id", "score"):
-            if key not in src:
-                raise BadInputError("predictions", f"has no '{key}'", item)
-        if not any(key in src for key in need):
-            raise BadInputError("predictions", f"has no '{need[0]}' (needed for {iou_type} evaluation)", item)
-        out.append(dict(src))
-    return out
-
-
 def _kpt_sigmas(gt: Mapping[str, Any], sigmas: Sequence[float] | None) -> np.ndarray:
     lengths = {len(a["keypoints"]) // 3 for a in gt["annotations"]}
     if len(lengths) > 1:
-        raise BadInputError("ground truth", f"annotations have different numbers of keypoints: {sorted(lengths)}")
+        raise BadInputError(
+            "ground truth", f"annotations have different numbers of keypoints: {sorted(lengths)}"
+        )
     k = lengths.pop() if lengths else len(sigmas) if sigmas is not None else 17
     if sigmas is None:
         return COCO_KPT_SIGMAS.copy() if k == 17 else np.full(k, DEFAULT_KPT_SIGMA)
@@ -178,48 +119,26 @@ def accumulate_coco(
     dets = sorted({int(m) for m in (max_dets if max_dets is not None else default_max_dets(iou_type))})
     if not dets or dets[0] < 1:
         raise ValueError(f"max_dets must be positive integers, got {max_dets}")
-    ranges = dict(area_ranges) if area_ranges is not None else (
-        dict(KPT_AREA_RANGES) if iou_type == "keypoints" else dict(DET_AREA_RANGES)
+    ranges = (
+        dict(area_ranges)
+        if area_ranges is not None
+        else (dict(KPT_AREA_RANGES) if iou_type == "keypoints" else dict(DET_AREA_RANGES))
     )
     all_range = ranges.pop("all", ALL_AREA)
     labels = ["all", *ranges]
     area_rng = [[float(lo), float(hi)] for lo, hi in [all_range, *ranges.values()]]
 
-    gt_data = _prepare_gt(gt, iou_type)
-    res = _prepare_results(results, {img["id"] for img in gt_data["images"]}, iou_type)
+    gt_data = prepare_gt(gt, iou_type)
+    res = prepare_results(results, {img["id"] for img in gt_data["images"]}, iou_type)
     sigmas = _kpt_sigmas(gt_data, kpt_oks_sigmas) if iou_type == "keypoints" else None
 
-    if backend == "faster":
-        from faster_coco_eval import COCO, COCOeval_faster
-
-        coco_gt = COCO(gt_data, print_function=_quiet)
-        coco_dt = coco_gt.loadRes(res)
-        coco_dt.print_function = _quiet
-        ev = COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=_quiet, kpt_oks_sigmas=sigmas)
-        _set_params(ev.params, dets, area_rng, labels)
-        ev.evaluate()
-        ev.accumulate()
-    else:
-        from pycocotools.coco import COCO as PyCOCO
-        from pycocotools.cocoeval import COCOeval
-
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco_gt = PyCOCO()
-            coco_gt.dataset = gt_data
-            coco_gt.createIndex()
-            if res:
-                coco_dt = coco_gt.loadRes(res)
-            else:  # pycocotools' loadRes cannot take an empty list
-                coco_dt = PyCOCO()
-                coco_dt.dataset = {"images": list(gt_data["images"]), "categories": gt_data["categories"],
-                                   "annotations": []}
-                coco_dt.createIndex()
-            ev = COCOeval(coco_gt, coco_dt, iou_type)
-            if sigmas is not None:
-                ev.params.kpt_oks_sigmas = sigmas
-            _set_params(ev.params, dets, area_rng, labels)
-            ev.evaluate()
-            ev.accumulate()
+    if backend == "faster" and importlib.util.find_spec("faster_coco_eval") is None:
+        warnings.warn(
+            "faster-coco-eval is not installed; using pycocotools (same numbers, slower)", stacklevel=2
+        )
+        backend = "pycocotools"
+    run = _run_faster if backend == "faster" else _run_pycocotools
+    ev = run(gt_data, res, iou_type, sigmas, lambda params: _set_params(params, dets, area_rng, labels))
     return {
         "precision": np.asarray(ev.eval["precision"]),
         "recall": np.asarray(ev.eval["recall"]),
@@ -228,6 +147,52 @@ def accumulate_coco(
         "area_labels": labels,
         "max_dets": dets,
     }
+
+
+def _run_faster(
+    gt: dict[str, Any], res: list[dict], iou_type: str, sigmas: np.ndarray | None, configure: Any
+) -> Any:
+    """faster-coco-eval's evaluate + accumulate with its logging silenced; returns the COCOeval."""
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    coco_gt = COCO(gt, print_function=_quiet)
+    coco_dt = coco_gt.loadRes(res)
+    coco_dt.print_function = _quiet
+    ev = COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=_quiet, kpt_oks_sigmas=sigmas)
+    configure(ev.params)
+    ev.evaluate()
+    ev.accumulate()
+    return ev
+
+
+def _run_pycocotools(
+    gt: dict[str, Any], res: list[dict], iou_type: str, sigmas: np.ndarray | None, configure: Any
+) -> Any:
+    """pycocotools' evaluate + accumulate with stdout silenced; returns the COCOeval."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        if res:
+            coco_dt = coco_gt.loadRes(res)
+        else:  # pycocotools' loadRes cannot take an empty list
+            coco_dt = COCO()
+            coco_dt.dataset = {
+                "images": list(gt["images"]),
+                "categories": gt["categories"],
+                "annotations": [],
+            }
+            coco_dt.createIndex()
+        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        if sigmas is not None:
+            ev.params.kpt_oks_sigmas = sigmas
+        configure(ev.params)
+        ev.evaluate()
+        ev.accumulate()
+    return ev
 
 
 def _set_params(params: Any, max_dets: list[int], area_rng: list[list[float]], labels: list[str]) -> None:
@@ -310,3 +275,106 @@ def evaluate_coco(
     """
     arrays = accumulate_coco(gt, results, iou_type, max_dets, area_ranges, backend, kpt_oks_sigmas)
     return summarize_coco(arrays, iou_type)
+
+
+class CocoEvaluator(Evaluator):
+    """Accumulates targets / predictions as COCO json and reports :func:`evaluate_coco` metrics.
+
+    ``process`` converts each image at once (masks become RLE, so no image-sized arrays are
+    kept); ``compute`` gives the same numbers as ``evaluate_coco`` on the json written by
+    :func:`~cytobench.evaluation.coco_format.coco_gt_from_targets` and
+    :func:`~cytobench.evaluation.coco_format.coco_results_from_predictions`. Keys:
+    ``{prefix}/{iou_type}_{stat}``, e.g. ``coco/bbox_AP50``, ``coco/segm_AR300``.
+
+    Args:
+        iou_types: any of ``"bbox"``, ``"segm"`` (needs masks), ``"keypoints"`` (needs keypoints).
+        max_dets: see :func:`evaluate_coco` (None = COCO's defaults per iou type).
+        area_ranges: see :func:`evaluate_coco`.
+        categories: None (ids seen in the data), category names (ids 1, 2, ...) or COCO dicts.
+        prefix: namespace of the metric keys.
+        backend: ``"faster"`` or ``"pycocotools"``.
+        kpt_oks_sigmas: OKS sigmas for keypoints (see :func:`evaluate_coco`).
+    """
+
+    def __init__(
+        self,
+        iou_types: Sequence[str] = ("bbox",),
+        max_dets: Sequence[int] | None = None,
+        area_ranges: Mapping[str, tuple[float, float]] | None = None,
+        categories: Sequence[Any] | None = None,
+        prefix: str = "coco",
+        backend: str = "faster",
+        kpt_oks_sigmas: Sequence[float] | None = None,
+    ) -> None:
+        bad = [t for t in iou_types if t not in IOU_TYPES]
+        if bad:
+            raise ValueError(f"unknown iou_types {bad}; choose from {IOU_TYPES}")
+        self.iou_types = tuple(iou_types)
+        self.max_dets = tuple(max_dets) if max_dets is not None else None
+        self.area_ranges = dict(area_ranges) if area_ranges is not None else None
+        self.categories = list(categories) if categories is not None else None
+        self.prefix = prefix
+        self.backend = backend
+        self.kpt_oks_sigmas = kpt_oks_sigmas
+        self.reset()
+
+    def reset(self) -> None:
+        self._images: list[dict[str, Any]] = []
+        self._anns: list[dict[str, Any]] = []
+        self._results: list[dict[str, Any]] = []
+        self._seen: set[int] = set()
+
+    def process(self, targets: Sequence[Target], predictions: Sequence[Prediction]) -> None:
+        if len(targets) != len(predictions):
+            raise ValueError(f"got {len(targets)} targets but {len(predictions)} predictions")
+        masks = "segm" in self.iou_types
+        kps = "keypoints" in self.iou_types
+        for target, pred in zip(targets, predictions):
+            image, anns = target_to_coco(target, len(self._anns) + 1, image_size(target, pred), masks, kps)
+            if image["id"] in self._seen:
+                raise BadInputError("targets", f"image_id {image['id']} was processed twice")
+            self._seen.add(image["id"])
+            self._images.append(image)
+            self._anns.extend(anns)
+            self._results.extend(prediction_to_coco(pred, image["id"], masks, kps))
+
+    def coco_gt(self) -> dict[str, Any]:
+        """The accumulated ground truth as a COCO dataset dict."""
+        ids = [a["category_id"] for a in self._anns] + [r["category_id"] for r in self._results]
+        return {
+            "images": self._images,
+            "annotations": self._anns,
+            "categories": make_categories(self.categories, ids),
+        }
+
+    def coco_results(self) -> list[dict[str, Any]]:
+        """The accumulated predictions as a COCO results list."""
+        return self._results
+
+    def compute(self) -> dict[str, float]:
+        gt = self.coco_gt()
+        out: dict[str, float] = {}
+        for iou_type in self.iou_types:
+            stats = evaluate_coco(
+                gt,
+                self._results,
+                iou_type,
+                self.max_dets,
+                self.area_ranges,
+                self.backend,
+                self.kpt_oks_sigmas,
+            )
+            out.update({f"{self.prefix}/{iou_type}_{key}": value for key, value in stats.items()})
+        return out
+
+
+__all__ = [
+    "COCO_KPT_SIGMAS",
+    "CocoEvaluator",
+    "accumulate_coco",
+    "coco_gt_from_targets",
+    "coco_results_from_predictions",
+    "default_max_dets",
+    "evaluate_coco",
+    "summarize_coco",
+]

@@ -24,7 +24,9 @@ def _points(points: np.ndarray) -> np.ndarray:
     return np.asarray(points, dtype=np.float64).reshape(-1, 2)
 
 
-def localize_match(gt_points: np.ndarray, det_points: np.ndarray, det_scores: np.ndarray, eps: float) -> np.ndarray:
+def localize_match(
+    gt_points: np.ndarray, det_points: np.ndarray, det_scores: np.ndarray, eps: float
+) -> np.ndarray:
     """Greedy score-ordered nearest-point matching of one image.
 
     Args:
@@ -81,7 +83,9 @@ def localization_curve(
     tps = [localize_match(g, d, s, eps) for g, d, s in zip(gt_points, det_points, det_scores)]
     n_gt = sum(len(_points(g)) for g in gt_points)
     tp = np.concatenate(tps) if tps else np.zeros(0, dtype=bool)
-    scores = np.concatenate([np.asarray(s, dtype=np.float64).ravel() for s in det_scores]) if tps else np.zeros(0)
+    scores = (
+        np.concatenate([np.asarray(s, dtype=np.float64).ravel() for s in det_scores]) if tps else np.zeros(0)
+    )
     return pr_curve(tp, scores, n_gt)
 
 

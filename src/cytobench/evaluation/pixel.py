@@ -70,7 +70,9 @@ def confusion_matrix(
     for name, arr in (("target", t), ("prediction", p)):
         if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
             raise ValueError(f"{name} labels must lie in [0, {num_classes}), got [{arr.min()}, {arr.max()}]")
-    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes
+    )
 
 
 def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -160,7 +162,11 @@ class PixelEvaluator(Evaluator):
     """
 
     def __init__(
-        self, num_classes: int = 2, threshold: float = 0.5, ignore_index: int | None = None, prefix: str = "pix"
+        self,
+        num_classes: int = 2,
+        threshold: float = 0.5,
+        ignore_index: int | None = None,
+        prefix: str = "pix",
     ) -> None:
         self.num_classes = int(num_classes)
         self.threshold = float(threshold)

@@ -10,8 +10,8 @@ Label lines (all coordinates normalised by the image width / height):
 
 * ``task="detect"``: ``class cx cy w h``.
 * ``task="segment"``: ``class x1 y1 x2 y2 ...``, one polygon per object. An object with several polygons
-  keeps its largest one; an RLE mask becomes its largest external contour (OpenCV, pixel centres, i.e.
-  contour index + 0.5); an object without segmentation falls back to its box corners.
+  keeps its largest one; an RLE mask becomes its largest external contour (OpenCV, traced on the mask
+  upsampled 4x so that the polygon lies within 1/8 px of the pixel edges); an object without segmentation falls back to its box corners.
 
 YOLO class ids are 0-based in the order of ``categories``. Crowd annotations (``iscrowd=1``) are skipped:
 YOLO has no notion of them.
@@ -31,6 +31,8 @@ from cytobench.errors import UnreadableImage
 from cytobench.io.coco import annotation_to_mask, load_coco
 
 __all__ = ["export_yolo", "read_yolo_labels"]
+
+_CONTOUR_UPSAMPLE = 4
 
 
 def export_yolo(
@@ -143,22 +145,37 @@ def _polygon_area(polygon: np.ndarray) -> float:
 
 def _object_polygon(ann: dict[str, Any], height: int, width: int) -> np.ndarray | None:
     """``(P, 2)`` absolute polygon of one object (see the module rule), or None if degenerate."""
-    import cv2
-
     segm = ann.get("segmentation")
     candidates: list[np.ndarray] = []
     if isinstance(segm, list) and segm:
         candidates = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in segm if len(p) >= 6]
     elif isinstance(segm, dict):
-        mask = annotation_to_mask(ann, height, width)
-        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        candidates = [c.reshape(-1, 2).astype(np.float64) + 0.5 for c in contours if len(c) >= 3]
+        candidates = _mask_contours(annotation_to_mask(ann, height, width))
     else:
         x, y, w, h = (float(v) for v in ann["bbox"])
         candidates = [np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]])]
     if not candidates:
         return None
     return max(candidates, key=_polygon_area)
+
+
+def _mask_contours(mask: np.ndarray, upsample: int = _CONTOUR_UPSAMPLE) -> list[np.ndarray]:
+    """External contours of an ``(H, W)`` mask as ``(P, 2)`` absolute polygons hugging the pixel edges.
+
+    The mask's crop is upsampled ``upsample`` times (nearest) before tracing, so the traced sub-pixel
+    centres lie ``0.5 / upsample`` px inside the true pixel edges instead of half a pixel.
+    """
+    import cv2
+
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return []
+    x0, y0 = int(xs.min()), int(ys.min())
+    crop = mask[y0 : int(ys.max()) + 1, x0 : int(xs.max()) + 1].astype(np.uint8)
+    big = np.pad(np.kron(crop, np.ones((upsample, upsample), np.uint8)), 1)
+    contours, _ = cv2.findContours(big, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    offset = np.array([x0, y0], dtype=np.float64)
+    return [(c.reshape(-1, 2) - 1 + 0.5) / upsample + offset for c in contours if len(c) >= 3]
 
 
 def _write_data_yaml(out_dir: Path, names: dict[int, str]) -> None:

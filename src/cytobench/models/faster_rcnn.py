@@ -57,11 +57,15 @@ def build_faster_rcnn(
         backbone_weights_path: local ResNet (ImageNet) state dict for the backbone body.
         **kwargs: passed to torchvision's ``FasterRCNN`` (rpn_*, box_* settings).
     """
-    fpn = resnet_fpn_backbone(backbone_name=backbone, weights=None, trainable_layers=trainable_backbone_layers)
+    fpn = resnet_fpn_backbone(
+        backbone_name=backbone, weights=None, trainable_layers=trainable_backbone_layers
+    )
     if backbone_weights_path:
         load_model_weights(fpn.body, backbone_weights_path)
     sizes = tuple(anchor_sizes) if anchor_sizes else (32, 64, 128, 256, 512)
-    anchors = AnchorGenerator(sizes=tuple((s,) for s in sizes), aspect_ratios=(tuple(aspect_ratios),) * len(sizes))
+    anchors = AnchorGenerator(
+        sizes=tuple((s,) for s in sizes), aspect_ratios=(tuple(aspect_ratios),) * len(sizes)
+    )
     model = FasterRCNN(
         fpn,
         num_classes=num_classes,

@@ -18,7 +18,10 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]], digits
     widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
     line = "| " + " | ".join(str(h).ljust(w) for h, w in zip(header, widths)) + " |"
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    body = ["| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |" for r in cells]
+    body = [
+        "| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |"
+        for r in cells
+    ]
     return "\n".join([line, rule, *body])
 
 

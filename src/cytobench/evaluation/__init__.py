@@ -1,0 +1,64 @@
+"""Evaluators (``reset / process / compute``) and the NumPy metric functions behind them.
+
+Evaluators: :class:`CocoEvaluator` (``coco/...``), :class:`EnumerationEvaluator`
+(``enum/...``, DeepACEv2), :class:`LocalizationEvaluator` (``loc/...``, epsilon-distance
+point matching), :class:`PixelEvaluator` (``pix/...``); combine them with
+:class:`EvaluatorList`.
+"""
+
+from __future__ import annotations
+
+from cytobench.evaluation.base import Evaluator, EvaluatorList, to_numpy
+from cytobench.evaluation.boxes import box_area, box_iog, box_iou
+from cytobench.evaluation.coco import CocoEvaluator, accumulate_coco, evaluate_coco, summarize_coco
+from cytobench.evaluation.coco_format import coco_gt_from_targets, coco_results_from_predictions
+from cytobench.evaluation.curves import average_precision, log_average_miss_rate, miss_rate_fppi, pr_curve
+from cytobench.evaluation.enumeration import (
+    EnumerationEvaluator,
+    enumeration_metrics,
+    match_detections,
+    overlapping_subset,
+)
+from cytobench.evaluation.localization import (
+    LocalizationEvaluator,
+    localization_curve,
+    localization_metrics,
+    localize_match,
+)
+from cytobench.evaluation.pixel import PixelEvaluator, confusion_matrix, metrics_from_confusion, pixel_metrics
+from cytobench.evaluation.stats import compare_groups, mean_std, summarize_runs, welch_ttest
+
+__all__ = [
+    "CocoEvaluator",
+    "EnumerationEvaluator",
+    "Evaluator",
+    "EvaluatorList",
+    "LocalizationEvaluator",
+    "PixelEvaluator",
+    "accumulate_coco",
+    "average_precision",
+    "box_area",
+    "box_iog",
+    "box_iou",
+    "coco_gt_from_targets",
+    "coco_results_from_predictions",
+    "compare_groups",
+    "confusion_matrix",
+    "enumeration_metrics",
+    "evaluate_coco",
+    "localization_curve",
+    "localization_metrics",
+    "localize_match",
+    "log_average_miss_rate",
+    "match_detections",
+    "mean_std",
+    "metrics_from_confusion",
+    "miss_rate_fppi",
+    "overlapping_subset",
+    "pixel_metrics",
+    "pr_curve",
+    "summarize_coco",
+    "summarize_runs",
+    "to_numpy",
+    "welch_ttest",
+]
