@@ -228,3 +228,14 @@ def test_evaluator_with_torch_tensors() -> None:
     assert metrics["enum/wcr"] == pytest.approx(1 / 3)  # labels (2 vs 1) are ignored
     evaluator.reset()
     assert evaluator.compute()["enum/n_images"] == 0
+
+
+def test_crowd_annotations_are_not_counted_as_missed() -> None:
+    from cytobench.evaluation import EnumerationEvaluator
+
+    evaluator = EnumerationEvaluator()
+    target = {"boxes": np.array([[0, 0, 10, 10], [20, 20, 40, 40]], float), "iscrowd": np.array([0, 1])}
+    pred = {"boxes": np.array([[0, 0, 10, 10]], float), "scores": np.array([0.9])}
+    evaluator.process([target], [pred])
+    metrics = evaluator.compute()
+    assert (metrics["enum/tp"], metrics["enum/fn"], metrics["enum/wcr"]) == (1, 0, 1.0)

@@ -18,6 +18,14 @@ def to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+def non_crowd(target: Target) -> np.ndarray:
+    """(N,) bool: the annotations that count as objects (``iscrowd`` regions are not objects to find)."""
+    n = len(to_numpy(target["boxes"]).reshape(-1, 4))
+    if target.get("iscrowd") is None:
+        return np.ones(n, dtype=bool)
+    return to_numpy(target["iscrowd"]).reshape(-1) == 0
+
+
 class Evaluator(ABC):
     """Accumulates per-image ground truth and predictions, then computes metrics.
 

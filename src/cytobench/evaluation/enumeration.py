@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cytobench.evaluation.base import Evaluator, to_numpy
+from cytobench.evaluation.base import Evaluator, non_crowd, to_numpy
 from cytobench.evaluation.boxes import box_iog, box_iou
 from cytobench.evaluation.curves import average_precision, log_average_miss_rate, miss_rate_fppi, pr_curve
 from cytobench.types import Prediction, Target
@@ -210,7 +210,8 @@ def enumeration_metrics(
 class EnumerationEvaluator(Evaluator):
     """Accumulates boxes and scores per image and reports the DeepACEv2 metrics.
 
-    Class-agnostic: ``labels`` of targets and predictions are ignored. Keys (with the default
+    Class-agnostic: ``labels`` of targets and predictions are ignored; crowd annotations
+    (``iscrowd`` = 1) are not counted as chromosomes. Keys (with the default
     prefix): ``enum/wcr, enum/aer, enum/acc, enum/f1, enum/precision, enum/recall, enum/map,
     enum/mr2, enum/tp, enum/fp, enum/fn, enum/n_images, enum/overlap_precision,
     enum/overlap_recall, enum/overlap_f1, enum/overlap_acc, enum/overlap_n``.
@@ -240,7 +241,8 @@ class EnumerationEvaluator(Evaluator):
         if len(targets) != len(predictions):
             raise ValueError(f"got {len(targets)} targets but {len(predictions)} predictions")
         for target, pred in zip(targets, predictions):
-            self._gt.append(to_numpy(target["boxes"]).astype(np.float64).reshape(-1, 4))
+            boxes = to_numpy(target["boxes"]).astype(np.float64).reshape(-1, 4)
+            self._gt.append(boxes[non_crowd(target)])
             self._det.append(to_numpy(pred["boxes"]).astype(np.float64).reshape(-1, 4))
             self._scores.append(to_numpy(pred["scores"]).astype(np.float64).ravel())
 

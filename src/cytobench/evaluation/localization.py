@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cytobench.evaluation.base import Evaluator, to_numpy
+from cytobench.evaluation.base import Evaluator, non_crowd, to_numpy
 from cytobench.evaluation.curves import average_precision, pr_curve
 from cytobench.types import Prediction, Target
 
@@ -122,6 +122,8 @@ def _keypoint_positions(item: Target | Prediction, index: int, visible_only: boo
             return np.zeros((0, 2))
         kps = kps.reshape(kps.shape[0], -1, kps.shape[-1])[:, index, :]
         keep = kps[:, 2] > 0 if (visible_only and kps.shape[-1] > 2) else np.ones(len(kps), dtype=bool)
+        if "iscrowd" in item:  # targets only: crowd regions are not particles to find
+            keep &= non_crowd(item)
         return kps[keep, :2]
     boxes = to_numpy(item["boxes"]).astype(np.float64).reshape(-1, 4)
     return np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
