@@ -132,8 +132,11 @@ def test_crowd_keypoints_are_not_truth() -> None:
     from cytobench.evaluation import LocalizationEvaluator
 
     evaluator = LocalizationEvaluator(eps=(1.0,))
-    target = {"boxes": np.zeros((2, 4)), "keypoints": np.array([[[5.0, 5.0, 2]], [[20.0, 20.0, 2]]]),
-              "iscrowd": np.array([0, 1])}
+    target = {
+        "boxes": np.zeros((2, 4)),
+        "keypoints": np.array([[[5.0, 5.0, 2]], [[20.0, 20.0, 2]]]),
+        "iscrowd": np.array([0, 1]),
+    }
     pred = {"boxes": np.zeros((1, 4)), "scores": np.array([0.9]), "keypoints": np.array([[[5.0, 5.5, 1]]])}
     evaluator.process([target], [pred])
     assert evaluator.compute()["loc/recall@eps1"] == 1.0
