@@ -36,3 +36,15 @@ def compose_config(overrides: list[str], run_dir: Path, data_dir: Path) -> DictC
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Simulated datasets shared by every test of the session (each is generated once)."""
     return tmp_path_factory.mktemp("data")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """GPU-only tests skip on machines without CUDA (CI has none)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from cytobench.errors import UnreadableImage
+from cytobench.io.axes import select_planes
 
 if TYPE_CHECKING:
     from cytobench.io.images import ImageData
@@ -184,17 +185,7 @@ def _read_czifile(path: Path, z_project: str) -> tuple[np.ndarray, CziMetadata]:
         axes = czi.axes
         data = czi.asarray()
         meta = parse_czi_metadata(czi.metadata())
-    index: list[Any] = []
-    for i, axis in enumerate(axes):
-        if axis in "CYX0":
-            index.append(slice(None))
-        elif axis == "Z" and z_project == "max":
-            data = data.max(axis=i, keepdims=True)
-            index.append(0)
-        else:
-            index.append(0)
-    reduced = data[tuple(index)]
-    kept = [a for a in axes if a in "CYX0"]
+    reduced, kept = select_planes(data, axes, "CYX0", z_project)  # "0": czifile's sample (RGB) axis
     order = [kept.index(a) for a in "YXC0" if a in kept]
     reduced = reduced.transpose(order)
     if reduced.ndim == 2:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from cytobench.errors import UnreadableImage
+from cytobench.io.axes import select_planes
 
 __all__ = ["ImageData", "read_image", "read_image_tensor", "scale_to_unit", "write_image"]
 
@@ -266,18 +267,7 @@ def _reduce_axes(path: Path, data: np.ndarray, axes: str, z_project: ZProject) -
     channel_axes = [a for a in axes if a in "CS" and data.shape[axes.index(a)] > 1]
     if len(channel_axes) > 1:
         raise UnreadableImage(path, f"cannot decode image (both C and S channel axes in TIFF axes {axes!r})")
-    keep = set("YX") | set(channel_axes)
-    index: list[Any] = []
-    for i, axis in enumerate(axes):
-        if axis in keep:
-            index.append(slice(None))
-        elif axis == "Z" and z_project == "max":
-            data = data.max(axis=i, keepdims=True)
-            index.append(0)
-        else:
-            index.append(0)
-    reduced = data[tuple(index)]
-    kept = [a for a in axes if a in keep]
+    reduced, kept = select_planes(data, axes, set("YX") | set(channel_axes), z_project)
     order = [kept.index("Y"), kept.index("X")] + ([kept.index(channel_axes[0])] if channel_axes else [])
     reduced = reduced.transpose(order)
     return reduced[:, :, None] if reduced.ndim == 2 else reduced

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torchvision.models.detection import FasterRCNN as _TorchvisionFasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from cytobench.engine.checkpoint import load_model_weights
 
@@ -57,8 +59,14 @@ def build_faster_rcnn(
         backbone_weights_path: local ResNet (ImageNet) state dict for the backbone body.
         **kwargs: passed to torchvision's ``FasterRCNN`` (rpn_*, box_* settings).
     """
+    # As torchvision does: frozen batch-norm statistics only make sense when they come from
+    # pretrained weights; a backbone trained from scratch needs real batch norm.
+    pretrained = bool(backbone_weights_path or weights_path)
     fpn = resnet_fpn_backbone(
-        backbone_name=backbone, weights=None, trainable_layers=trainable_backbone_layers
+        backbone_name=backbone,
+        weights=None,
+        trainable_layers=trainable_backbone_layers,
+        norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d,
     )
     if backbone_weights_path:
         load_model_weights(fpn.body, backbone_weights_path)
