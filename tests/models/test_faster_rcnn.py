@@ -22,7 +22,10 @@ def batch(channels: int = 3):
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(channels, 64, 64, generator=g) for _ in range(2)]
     targets = [
-        {"boxes": torch.tensor([[5.0, 5.0, 30.0, 20.0], [40.0, 40.0, 60.0, 58.0]]), "labels": torch.tensor([1, 2])},
+        {
+            "boxes": torch.tensor([[5.0, 5.0, 30.0, 20.0], [40.0, 40.0, 60.0, 58.0]]),
+            "labels": torch.tensor([1, 2]),
+        },
         {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)},  # an empty image
     ]
     return images, targets
