@@ -50,8 +50,8 @@ def test_all_empty_targets_give_finite_losses() -> None:
     images, _ = batch()
     empty = [{"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)}] * 2
     out = model(images, empty)
-    assert float(out["loss_box_reg"]) == 0.0 and float(out["loss_rpn_box_reg"]) == 0.0
-    assert float(out["loss_classifier"]) > 0.0  # every sampled RoI is background and still scored
+    assert out["loss_box_reg"].item() == 0.0 and out["loss_rpn_box_reg"].item() == 0.0
+    assert out["loss_classifier"].item() > 0.0  # every sampled RoI is background and still scored
 
 
 def test_fixed_seed_losses_are_reproducible() -> None:

@@ -81,6 +81,11 @@ class CocoDetectionDataset(Dataset):
         return len(self.cat_ids) + 1
 
     @property
+    def categories(self) -> list[dict]:
+        """The COCO category dicts in label order (``categories[label - 1]``)."""
+        return list(self.coco["categories"])
+
+    @property
     def category_names(self) -> list[str]:
         """Category names in label order: ``category_names[label - 1]``."""
         return [c["name"] for c in self.coco["categories"]]

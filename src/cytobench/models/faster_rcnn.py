@@ -11,22 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
 from torchvision.models.detection import FasterRCNN as _TorchvisionFasterRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 from cytobench.engine.checkpoint import load_model_weights
+from cytobench.models.rcnn_parts import AcceptsGrayImages, build_anchor_generator, build_resnet_fpn
 
 
-class FasterRCNN(_TorchvisionFasterRCNN):
+class FasterRCNN(AcceptsGrayImages, _TorchvisionFasterRCNN):
     """torchvision's Faster R-CNN that also accepts 1-channel images (repeated to 3 channels)."""
-
-    def forward(self, images: list[torch.Tensor], targets: list[dict[str, Any]] | None = None):
-        images = [img.expand(3, -1, -1) if img.shape[0] == 1 else img for img in images]
-        return super().forward(images, targets)
 
 
 def build_faster_rcnn(
@@ -59,21 +51,8 @@ def build_faster_rcnn(
         backbone_weights_path: local ResNet (ImageNet) state dict for the backbone body.
         **kwargs: passed to torchvision's ``FasterRCNN`` (rpn_*, box_* settings).
     """
-    # As torchvision does: frozen batch-norm statistics only make sense when they come from
-    # pretrained weights; a backbone trained from scratch needs real batch norm.
     pretrained = bool(backbone_weights_path or weights_path)
-    fpn = resnet_fpn_backbone(
-        backbone_name=backbone,
-        weights=None,
-        trainable_layers=trainable_backbone_layers,
-        norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d,
-    )
-    if backbone_weights_path:
-        load_model_weights(fpn.body, backbone_weights_path)
-    sizes = tuple(anchor_sizes) if anchor_sizes else (32, 64, 128, 256, 512)
-    anchors = AnchorGenerator(
-        sizes=tuple((s,) for s in sizes), aspect_ratios=(tuple(aspect_ratios),) * len(sizes)
-    )
+    fpn = build_resnet_fpn(backbone, trainable_backbone_layers, pretrained, backbone_weights_path)
     model = FasterRCNN(
         fpn,
         num_classes=num_classes,
@@ -81,7 +60,7 @@ def build_faster_rcnn(
         max_size=max_size,
         image_mean=list(image_mean) if image_mean else None,
         image_std=list(image_std) if image_std else None,
-        rpn_anchor_generator=anchors,
+        rpn_anchor_generator=build_anchor_generator(anchor_sizes, aspect_ratios),
         box_detections_per_img=box_detections_per_img,
         box_score_thresh=box_score_thresh,
         **kwargs,
