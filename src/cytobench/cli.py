@@ -1,4 +1,4 @@
-"""``cytobench`` command line: train, eval, predict, simulate, export.
+"""``cytobench`` command line: train, eval, predict, simulate, reproduce, export.
 
 Every command reads and writes COCO json so that any model or external tool can be scored.
 Bad input stops with one line naming the file, the item and the fault (exit code 2).
@@ -109,6 +109,39 @@ def _cmd_simulate_toy(args: argparse.Namespace) -> None:
     print(f"simulated {args.n} toy images into {args.out} ({out})")
 
 
+def _cmd_simulate_qd(args: argparse.Namespace) -> None:
+    from cytobench.simulate.qd import ScanParams, simulate_qd_dataset
+
+    if (args.diffusion is None) == (args.diffusion_range is None):
+        raise CytobenchError("simulate qd: give exactly one of --diffusion D or --diffusion-range LO HI")
+    overrides = {"n_qd": args.n_qd} if args.n_qd is not None else {}
+    try:
+        params = ScanParams(**overrides)
+        path = simulate_qd_dataset(
+            args.out,
+            args.n,
+            diffusion=args.diffusion,
+            diffusion_range=tuple(args.diffusion_range) if args.diffusion_range else None,
+            params=params,
+            seed=args.seed,
+        )
+    except ValueError as err:  # parameter validation: one line, no traceback
+        raise CytobenchError(f"simulate qd: {err}") from None
+    print(f"simulated {args.n} two-photon QD images into {args.out} ({path})")
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> None:
+    from cytobench.reproduce import load_reproduction
+
+    try:
+        module = load_reproduction(args.name)
+    except KeyError as err:
+        raise CytobenchError(str(err.args[0])) from None
+    parser = argparse.ArgumentParser(prog=f"cytobench reproduce {args.name}", description=module.__doc__)
+    module.add_arguments(parser)
+    module.run(parser.parse_args(args.rest))
+
+
 def _cmd_export_yolo(args: argparse.Namespace) -> None:
     from cytobench.io.yolo import export_yolo
 
@@ -158,6 +191,20 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--seed", type=int, default=0)
     toy.add_argument("--out", required=True)
     toy.set_defaults(func=_cmd_simulate_toy)
+
+    qd = sim_sub.add_parser("qd", help="two-photon laser-scan images of a diffusing quantum dot (QD paper)")
+    qd.add_argument("--n", type=int, required=True, help="number of images")
+    qd.add_argument("--diffusion", type=float, help="D in um^2/s for every image")
+    qd.add_argument("--diffusion-range", type=float, nargs=2, metavar=("LO", "HI"), help="D ~ U(LO, HI)")
+    qd.add_argument("--n-qd", type=float, help="photons per dwell at focus (default: the calibrated value)")
+    qd.add_argument("--seed", type=int, default=0)
+    qd.add_argument("--out", required=True)
+    qd.set_defaults(func=_cmd_simulate_qd)
+
+    rep = sub.add_parser("reproduce", help="print a paper's table beside ours (e.g. qd/table1)")
+    rep.add_argument("name", help="which table, e.g. qd/table1")
+    rep.add_argument("rest", nargs=argparse.REMAINDER, help="its options (see `cytobench reproduce NAME -h`)")
+    rep.set_defaults(func=_cmd_reproduce)
 
     ex = sub.add_parser("export", help="convert a COCO dataset to another format")
     ex_sub = ex.add_subparsers(dest="format", required=True)

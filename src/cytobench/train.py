@@ -151,6 +151,7 @@ def run(cfg: DictConfig) -> float | None:
         checkpoint_hint=checkpoints.last_path,
         extra_state={  # what `cytobench predict` needs to rebuild the model from the checkpoint alone
             "model_config": OmegaConf.to_container(cfg.model, resolve=True),
+            "data_config": OmegaConf.to_container(cfg.data, resolve=True),
             "num_classes": train_set.num_classes,
             "label_to_cat_id": dict(getattr(train_set, "label_to_cat_id", {}) or {}),
             "categories": list(getattr(train_set, "categories", []) or []),
