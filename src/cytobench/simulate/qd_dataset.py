@@ -285,3 +285,26 @@ class _TrajectoryWriter:
             self.entry.close()
             self.zip.close()
             self.tmp.unlink(missing_ok=True)
+
+
+def simulate_qd_splits(
+    out_dir: str | Path,
+    n_train: int,
+    n_val: int,
+    diffusion_range: tuple[float, float] = (0.75, 1.75),
+    params: ScanParams | Mapping[str, Any] | None = None,
+    train_seed: int = 1,
+    val_seed: int = 2,
+) -> Path:
+    """Write ``out_dir/train`` and ``out_dir/val`` (see :func:`simulate_qd_dataset`).
+
+    The default seeds are those of the on-the-fly ``data=qd`` config, so both routes hold the same frames.
+    """
+    out_dir = Path(out_dir)
+    simulate_qd_dataset(
+        out_dir / "train", n_train, diffusion_range=tuple(diffusion_range), params=params, seed=train_seed
+    )
+    simulate_qd_dataset(
+        out_dir / "val", n_val, diffusion_range=tuple(diffusion_range), params=params, seed=val_seed
+    )
+    return out_dir
