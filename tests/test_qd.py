@@ -72,8 +72,12 @@ def test_disk_and_on_the_fly_routes_give_the_same_frames(tmp_path: Path) -> None
     from cytobench.simulate.qd_dataset import simulate_qd_splits
 
     simulate_qd_splits(tmp_path, n_train=5, n_val=3)
-    disk = CocoDetectionDataset(tmp_path / "train" / "images", tmp_path / "train" / "annotations.json",
-                                with_keypoints=True, bit_depth=8)
+    disk = CocoDetectionDataset(
+        tmp_path / "train" / "images",
+        tmp_path / "train" / "annotations.json",
+        with_keypoints=True,
+        bit_depth=8,
+    )
     live = QDSimulatedDataset(5, diffusion_range=(0.75, 1.75), seed=1)
     for i in range(5):
         (img_a, tgt_a), (img_b, tgt_b) = disk[i], live[i]
@@ -83,6 +87,18 @@ def test_disk_and_on_the_fly_routes_give_the_same_frames(tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_smoke_localiser_trains_from_disk(tmp_path: Path, data_dir: Path) -> None:
-    run(compose_config(["experiment=qd_smoke", "data=qd_disk", "data.n_train=12", "data.n_val=6",
-                        "data.image_size=48", "data.image_size_max=50"], tmp_path, data_dir))
+    run(
+        compose_config(
+            [
+                "experiment=qd_smoke",
+                "data=qd_disk",
+                "data.n_train=12",
+                "data.n_val=6",
+                "data.image_size=48",
+                "data.image_size_max=50",
+            ],
+            tmp_path,
+            data_dir,
+        )
+    )
     assert json.loads((tmp_path / "metrics.json").read_text())["epoch"] == 2

@@ -110,7 +110,8 @@ def _cmd_simulate_toy(args: argparse.Namespace) -> None:
 
 
 def _cmd_simulate_qd(args: argparse.Namespace) -> None:
-    from cytobench.simulate.qd import ScanParams, simulate_qd_dataset
+    from cytobench.simulate.qd import ScanParams
+    from cytobench.simulate.qd_dataset import simulate_qd_dataset
 
     if (args.diffusion is None) == (args.diffusion_range is None):
         raise CytobenchError("simulate qd: give exactly one of --diffusion D or --diffusion-range LO HI")

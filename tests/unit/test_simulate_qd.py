@@ -14,10 +14,10 @@ from scipy import stats
 from cytobench.data import CocoDetectionDataset
 from cytobench.data.qd_dataset import QDSimulatedDataset, counts_to_tensor
 from cytobench.io.coco import load_coco
+from cytobench.ops.poisson import poisson_inverse
 from cytobench.simulate.qd import (
     ScanParams,
     expected_photons,
-    poisson_inverse,
     scan_timeline,
     simulate_qd_batch,
     simulate_qd_reference,

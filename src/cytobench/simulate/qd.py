@@ -29,20 +29,21 @@ the sampled trajectory (xy) widened by ``2 sigma_xy`` on each side and clipped t
 
 Sampling (exact, vectorised over images): the walk's normals come from ``torch`` (``normal_`` with a
 ``torch.Generator`` seeded from the numpy stream); each count is drawn by inversion of two float64
-uniforms (:func:`poisson_inverse`), so the whole image is an element-wise function of a fixed number of
+uniforms (:func:`cytobench.ops.poisson.poisson_inverse`), so the whole image is an element-wise function of a fixed number of
 draws per image and chunking never changes a result.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
+
+from cytobench.ops.poisson import LAM_MAX, poisson_inverse
 
 __all__ = [
     "N_QD_DEFAULT",
@@ -52,7 +53,6 @@ __all__ = [
     "expected_photons",
     "scan_timeline",
     "simulate_qd_batch",
-    "poisson_inverse",
     "simulate_qd_reference",
     "simulate_streams",
     "time_weights",
@@ -64,7 +64,6 @@ N_QD_DEFAULT = 5.0
 PAPER_DIFFUSION_RANGE = (0.75, 1.75)  # um^2/s, Sec. 4.1 (training set)
 TILE = 256  # images simulated together (working set in cache); a multiple of the data sets' block size
 _CUMSUM_ROWS = 48  # rows per torch cumsum call: below torch's grain size, so it never waits on a thread pool
-LAM_MAX = 1024.0  # largest expected photon count per pixel the Poisson tables cover
 _F32 = np.float32
 
 
@@ -452,99 +451,3 @@ def _signal(pos: np.ndarray, beam: np.ndarray, params: ScanParams) -> np.ndarray
     out = out[..., 0] if params.substeps == 1 else out.mean(-1, dtype=_F32)
     out *= _F32(amp)
     return out
-
-
-def poisson_inverse(lam: np.ndarray, u0: np.ndarray, u1: np.ndarray) -> np.ndarray:
-    """Exact Poisson draws by inversion: ``k = F_lam^-1(u)``, an element-wise function of ``(lam, u)``.
-
-    ``lam`` is split as ``q / 8 + f`` with ``f`` in ``[0, 1/8)``; the count is ``Poisson(q / 8)`` by
-    guide-table inversion of ``u0`` plus ``Poisson(f)`` by sequential inversion of ``u1`` (the sum of
-    independent Poisson variables is Poisson with the summed mean). Tables are exact float64 CDFs
-    truncated where the remaining mass is below 1e-30.
-
-    Args:
-        lam: float expected counts (>= 0), any shape.
-        u0: float64 uniforms in [0, 1), the shape of ``lam``.
-        u1: float64 uniforms in [0, 1), the shape of ``lam``.
-
-    Returns:
-        int64 counts, the shape of ``lam``.
-    """
-    lam64 = np.asarray(lam, dtype=float).reshape(-1)
-    u0, u1 = np.asarray(u0, dtype=float).reshape(-1), np.asarray(u1, dtype=float).reshape(-1)
-    table = _PoissonTable.cover(float(lam64.max(initial=0.0)))
-    q = (lam64 * _PoissonTable.STEPS).astype(np.intp)
-    base = table.base.take(q)
-    k = table.guide.take(q * table.CELLS + (u0 * table.CELLS).astype(np.intp)).astype(np.intp)
-    idx = np.flatnonzero(u0 >= table.cdf.take(base + k))  # the count is the first k with u < cdf[k]
-    while idx.size:
-        k[idx] += 1
-        idx = idx[u0[idx] >= table.cdf.take(base[idx] + k[idx])]
-    # Poisson(f), f < 1/STEPS: k >= 1 iff u1 >= exp(-f), which needs u1 >= exp(-1/STEPS) first
-    idx = np.flatnonzero(u1 >= math.exp(-1.0 / _PoissonTable.STEPS))
-    f = lam64.take(idx) - q.take(idx) * (1.0 / _PoissonTable.STEPS)
-    u, term = u1.take(idx), np.exp(-f)
-    cum = term * (1.0 + f)  # P(k <= 1)
-    k[idx] += (u >= term).astype(np.intp) + (u >= cum)
-    more = u >= cum  # k >= 2 (probability < 0.008): continue the sequential search from P(k <= 1)
-    idx, u, f, term, cum, j = idx[more], u[more], f[more], (term * f)[more], cum[more], 1
-    while idx.size:
-        j += 1
-        term = term * f / j  # P(k = j)
-        cum = cum + term  # P(k <= j)
-        more = u >= cum
-        idx, u, f, term, cum = idx[more], u[more], f[more], term[more], cum[more]
-        k[idx] += 1
-    return k.reshape(np.shape(lam))
-
-
-class _PoissonTable:
-    """Float64 CDFs and guide tables of ``Poisson(q / STEPS)`` for ``q = 0, 1, ...`` (grown on demand)."""
-
-    STEPS = 8  # table rows per unit of lam
-    CELLS = 1024  # guide cells per row
-    _current: _PoissonTable | None = None
-    _lock = threading.Lock()
-
-    def __init__(self, rows: int) -> None:
-        from scipy.special import pdtr
-
-        lam = np.arange(rows) / self.STEPS
-        spread = 15.0 * np.sqrt(lam) + 40.0
-        self.low = np.maximum(np.floor(lam - spread), 0).astype(np.intp)
-        width = (np.ceil(lam + spread).astype(np.intp) - self.low + 1).astype(np.intp)
-        self.offset = np.concatenate([[0], np.cumsum(width)[:-1]]).astype(np.intp)
-        ks = np.concatenate([np.arange(lo, lo + w) for lo, w in zip(self.low, width)])
-        self.cdf = pdtr(ks, np.repeat(lam, width))
-        self.cdf[self.offset + width - 1] = 1.0  # the truncated tail (< 1e-30) joins the last entry
-        self.base = self.offset - self.low  # cdf of count k of row q sits at base[q] + k
-        cells = np.arange(self.CELLS) / self.CELLS
-        self.guide = np.concatenate(  # guide[q * CELLS + c]: the smallest count k with cdf > c / CELLS
-            [
-                lo + np.searchsorted(self.cdf[o : o + w], cells, side="right")
-                for lo, o, w in zip(self.low, self.offset, width)
-            ]
-        ).astype(np.int32)
-        self.rows = rows
-
-    @classmethod
-    def cover(cls, lam_max: float) -> _PoissonTable:
-        """A table with a row for every ``q <= lam_max * STEPS`` (rows never change once built)."""
-        if not lam_max <= LAM_MAX:
-            raise ValueError(
-                f"expected photons per pixel reach {lam_max:g} (> {LAM_MAX:g} supported); lower n_qd / n_bkg"
-            )
-        need = int(lam_max * cls.STEPS) + 1
-        with cls._lock:
-            if cls._current is None or cls._current.rows < need:
-                cls._current = cls(max(need, 2 * cls._current.rows if cls._current else 1024))
-            return cls._current
-
-
-def __getattr__(name: str) -> object:
-    """``simulate_qd_dataset`` lives in :mod:`cytobench.simulate.qd_dataset`; importable from here too."""
-    if name == "simulate_qd_dataset":
-        from cytobench.simulate.qd_dataset import simulate_qd_dataset
-
-        return simulate_qd_dataset
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,12 +9,8 @@ COCO pixel coordinates (pixel centres at ``j + 0.5``), ready for
 
 from __future__ import annotations
 
-from cytobench.models.classical.spot_fit import (
-    GaussianFitLocator,
-    IntensityCentroidLocator,
-    Locator,
-    make_prediction,
-)
+from cytobench.models.classical.base import Locator, make_prediction
+from cytobench.models.classical.spot_fit import GaussianFitLocator, IntensityCentroidLocator
 from cytobench.models.classical.trackpy_locator import TrackpyLocator
 
 __all__ = [

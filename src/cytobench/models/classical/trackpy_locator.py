@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from cytobench.evaluation.localization import localization_metrics
-from cytobench.models.classical.spot_fit import Locator, as_image, as_image_list, make_prediction
+from cytobench.models.classical.base import Locator, as_image, as_image_list, make_prediction
 
 _RESERVED = frozenset({"raw_image", "diameter", "minmass", "separation", "percentile", "topn"})
 
