@@ -193,3 +193,14 @@ def test_console_script_prints_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "annotation 2" in proc.stderr and "gt.json" in proc.stderr
+
+
+def test_simulate_metaphase_command(tmp_path: Path, capsys) -> None:
+    code, out, _ = run_cli(
+        ["simulate", "metaphase", "--n", "1", "--size", "256", "192", "--out", str(tmp_path)], capsys
+    )
+    assert code == 0 and "simulated 1" in out
+    data = json.loads((tmp_path / "annotations.json").read_text())
+    assert len(data["annotations"]) == data["images"][0]["n_chromosomes"]
+    code, _, err = run_cli(["simulate", "metaphase", "--n", "0", "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "n_images" in err and err.count("\n") == 1

@@ -131,6 +131,16 @@ def _cmd_simulate_qd(args: argparse.Namespace) -> None:
     print(f"simulated {args.n} two-photon QD images into {args.out} ({path})")
 
 
+def _cmd_simulate_metaphase(args: argparse.Namespace) -> None:
+    from cytobench.simulate.metaphase import simulate_metaphase
+
+    try:
+        out = simulate_metaphase(args.n, args.out, size=tuple(args.size), seed=args.seed)
+    except ValueError as err:
+        raise CytobenchError(f"simulate metaphase: {err}") from None
+    print(f"simulated {args.n} metaphase spreads into {args.out} ({out})")
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> None:
     from cytobench.reproduce import load_reproduction
 
@@ -201,6 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     qd.add_argument("--seed", type=int, default=0)
     qd.add_argument("--out", required=True)
     qd.set_defaults(func=_cmd_simulate_qd)
+
+    meta = sim_sub.add_parser(
+        "metaphase", help="G-banded metaphase spreads with per-chromosome truth (DeepACEv2)"
+    )
+    meta.add_argument("--n", type=int, required=True, help="number of images")
+    meta.add_argument("--size", type=int, nargs=2, default=[1600, 1200], metavar=("W", "H"))
+    meta.add_argument("--seed", type=int, default=0)
+    meta.add_argument("--out", required=True)
+    meta.set_defaults(func=_cmd_simulate_metaphase)
 
     rep = sub.add_parser("reproduce", help="print a paper's table beside ours (e.g. qd/table1)")
     rep.add_argument("name", help="which table, e.g. qd/table1")
