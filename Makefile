@@ -48,8 +48,7 @@ format: venv
 	$(BIN)/ruff format src tests bench train.py
 
 bench: venv
-	$(BIN)/python bench/bench_coco_eval.py
-	$(BIN)/python bench/bench_enumeration.py
+	for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache

@@ -41,7 +41,7 @@ def evaluate_files(
         iou_type = kind.removeprefix("coco-")
         if iou_type == "keypoints" and not any(c.get("keypoints") for c in gt["categories"]):
             raise BadInputError(gt_path, "no category defines keypoints, so keypoint AP is undefined")
-        metrics = evaluate_coco(gt, results, iou_type, max_dets=tuple(max_dets))
+        metrics = evaluate_coco(gt, results, iou_type, max_dets=tuple(max_dets), copy_inputs=False)
         return {f"coco/{iou_type}_{k}": v for k, v in metrics.items()}
     targets = coco_to_targets(gt)
     predictions = results_to_predictions(results, [img["id"] for img in gt["images"]])
