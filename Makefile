@@ -40,12 +40,12 @@ test-fast: venv
 	$(BIN)/python -m pytest tests -m "not slow" -q
 
 lint: venv
-	$(BIN)/ruff check src tests bench train.py
-	$(BIN)/ruff format --check src tests bench train.py
+	$(BIN)/ruff check src tests bench experiments train.py
+	$(BIN)/ruff format --check src tests bench experiments train.py
 
 format: venv
-	$(BIN)/ruff check --fix src tests bench train.py
-	$(BIN)/ruff format src tests bench train.py
+	$(BIN)/ruff check --fix src tests bench experiments train.py
+	$(BIN)/ruff format src tests bench experiments train.py
 
 bench: venv
 	for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

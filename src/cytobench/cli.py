@@ -145,12 +145,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
     from cytobench.reproduce import load_reproduction
 
     try:
-        module = load_reproduction(args.name)
+        module, reproduce = load_reproduction(args.name)
     except KeyError as err:
         raise CytobenchError(str(err.args[0])) from None
     parser = argparse.ArgumentParser(prog=f"cytobench reproduce {args.name}", description=module.__doc__)
     module.add_arguments(parser)
-    module.run(parser.parse_args(args.rest))
+    reproduce(parser.parse_args(args.rest))
 
 
 def _cmd_export_yolo(args: argparse.Namespace) -> None:

@@ -1,22 +1,29 @@
 """``cytobench reproduce <paper>/<table>``: our numbers beside the paper's.
 
-Each reproduction is a module with ``add_arguments(parser)`` and ``run(args) -> dict``; the
-registry maps the name users type to that module.
+Each reproduction lives in a module with ``add_arguments(parser)`` and a function taking the parsed
+arguments; the registry maps the name users type to ``module:function``.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 REPRODUCTIONS: dict[str, str] = {
-    "qd/table1": "cytobench.reproduce.qd_table1",
+    "qd/table1": "cytobench.reproduce.qd_table1:run",
+    "deepace/table6": "cytobench.reproduce.deepace_tables:table6",
+    "deepace/table7": "cytobench.reproduce.deepace_tables:table7",
+    "deepace/table10": "cytobench.reproduce.deepace_tables:table10",
 }
 
 
-def load_reproduction(name: str) -> ModuleType:
-    """The module that reproduces ``name`` (e.g. ``qd/table1``)."""
+def load_reproduction(name: str) -> tuple[ModuleType, Callable[[Any], Any]]:
+    """The module (for its ``add_arguments``) and the function that reproduces ``name``."""
     if name not in REPRODUCTIONS:
         known = ", ".join(sorted(REPRODUCTIONS))
         raise KeyError(f"unknown reproduction {name!r}; known: {known}")
-    return importlib.import_module(REPRODUCTIONS[name])
+    module_name, function = REPRODUCTIONS[name].split(":")
+    module = importlib.import_module(module_name)
+    return module, getattr(module, function)

@@ -1,0 +1,73 @@
+"""Collecting sweep runs into the DeepACEv2 ablation tables: labels, means, Welch p-values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+
+from cytobench.cli import main as cli_main
+from cytobench.errors import BadInputError
+from cytobench.reproduce.deepace_tables import PAPER_FILE, build_table
+from cytobench.reproduce.runs import collect_runs
+
+FULL = {"hnas": True, "tnrl": True, "template": True, "hnas_criterion": "v2"}
+
+
+def write_run(folder: Path, model: dict, wcr_by_epoch: list[float], best_epoch: int) -> None:
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"model": model, "seed": 0}))
+    history = [
+        {"epoch": e + 1, "step": 10 * (e + 1), "enum/wcr": w, "enum/recall": 0.9}
+        for e, w in enumerate(wcr_by_epoch)
+    ]
+    summary = {"history": history, "latest": history[-1], "best": {"epoch": best_epoch}}
+    (folder / "metrics.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture()
+def sweep(tmp_path: Path) -> tuple[Path, list[float], list[float]]:
+    eg, soft = [0.70, 0.72, 0.71], [0.66, 0.67, 0.65]
+    for i, w in enumerate(eg):
+        write_run(tmp_path / f"eg{i}", {**FULL, "postprocess": "eg"}, [0.1, w, 0.2], best_epoch=2)
+    for i, w in enumerate(soft):
+        write_run(tmp_path / f"soft{i}", {**FULL, "postprocess": "soft"}, [0.1, w], best_epoch=2)
+    write_run(
+        tmp_path / "base", {"hnas": False, "tnrl": False, "template": False, "postprocess": "nms"}, [0.5], 1
+    )
+    return tmp_path, eg, soft
+
+
+def test_table6_groups_by_switches_with_welch_p(sweep) -> None:
+    root, eg, soft = sweep
+    paper = yaml.safe_load(PAPER_FILE.read_text())
+    table, result = build_table("table6", collect_runs([root]), paper)
+    groups = result["groups"]
+    assert set(groups) == {"Single1+HNAS+TNRL+TM[EG]", "Single1+HNAS+TNRL+TM[SOFT]", "Single1"}
+    # the best epoch's metrics are used, not the latest
+    assert groups["Single1+HNAS+TNRL+TM[EG]"]["enum/wcr"]["mean"] == pytest.approx(100 * np.mean(eg))
+    assert groups["Single1+HNAS+TNRL+TM[EG]"]["enum/wcr"]["std"] == pytest.approx(100 * np.std(eg, ddof=1))
+    expected_p = stats.ttest_ind(np.array(eg) * 100, np.array(soft) * 100, equal_var=False).pvalue
+    assert result["p_values"]["EG vs SOFT"]["enum/wcr"] == pytest.approx(expected_p)
+    assert "Single1+HNAS+TNRL+TM[EG] (paper)" in table and "EG vs SOFT p (ours)" in table
+
+
+def test_table10_keeps_only_full_models(sweep) -> None:
+    root, _, _ = sweep
+    paper = yaml.safe_load(PAPER_FILE.read_text())
+    _, result = build_table("table10", collect_runs([root]), paper)
+    assert set(result["groups"]) == {"w EG", "w SOFT"}
+    assert result["groups"]["w EG"]["enum/recall"]["n"] == 3
+
+
+def test_cli_and_empty_folder(sweep, tmp_path: Path, capsys) -> None:
+    root, _, _ = sweep
+    cli_main(["reproduce", "deepace/table7", "--runs", str(root)])
+    assert "HNASv2 (ours, n=3)" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadInputError, match="no finished runs"):
+        collect_runs([tmp_path / "empty"])
