@@ -48,3 +48,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def run_train_py(args: list[str], data_dir: Path, cwd: Path, timeout: int = 900) -> None:
+    """Run ``python train.py ARGS`` as a user would (own process, offline W&B); fail with its stderr."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CYTOBENCH_DATA_DIR": str(data_dir), "WANDB_MODE": "offline"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]

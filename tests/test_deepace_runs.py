@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from cytobench.reproduce.deepace_tables import table10
-from tests.conftest import CONF_DIR, ROOT, compose_config
+from tests.conftest import CONF_DIR, compose_config, run_train_py
 
 ABLATIONS = sorted(p.stem for p in (CONF_DIR / "ablation").glob("*.yaml"))
 
@@ -33,19 +30,18 @@ def test_each_ablation_composes(name: str, tmp_path: Path, data_dir: Path) -> No
 @pytest.mark.slow
 def test_tiny_sweep_then_table10(tmp_path: Path, data_dir: Path) -> None:
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "CYTOBENCH_DATA_DIR": str(data_dir), "WANDB_MODE": "offline"}
-    cmd = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        "-m",
-        "experiment=deepace_smoke",
-        "+ablation=hnas_tnrl_tm_soft,hnas_tnrl_tm_eg",
-        "seed=0,1",
-        "trainer.max_epochs=1",
-        f"hydra.sweep.dir={sweep}",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_train_py(
+        [
+            "-m",
+            "experiment=deepace_smoke",
+            "+ablation=hnas_tnrl_tm_soft,hnas_tnrl_tm_eg",
+            "seed=0,1",
+            "trainer.max_epochs=1",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        data_dir,
+        tmp_path,
+    )
     result = table10(type("Args", (), {"runs": [str(sweep)], "out": str(tmp_path / "t10.md")})())
     assert {g: v["enum/precision"]["n"] for g, v in result["groups"].items()} == {"w SOFT": 2, "w EG": 2}
     assert "enum/recall" in result["p_values"]["EG vs SOFT"]

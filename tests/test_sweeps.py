@@ -10,25 +10,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, compose_config
+from tests.conftest import ROOT, compose_config, run_train_py
 
 
 @pytest.mark.slow
 def test_multirun_sweep_shares_a_wandb_group(tmp_path: Path, data_dir: Path) -> None:
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "CYTOBENCH_DATA_DIR": str(data_dir), "WANDB_MODE": "offline"}
-    cmd = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        "-m",
-        "experiment=faster_rcnn_smoke",
-        "seed=0,1",
-        "logger=wandb",
-        "trainer.max_epochs=1",
-        f"hydra.sweep.dir={sweep}",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_train_py(
+        [
+            "-m",
+            "experiment=faster_rcnn_smoke",
+            "seed=0,1",
+            "logger=wandb",
+            "trainer.max_epochs=1",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        data_dir,
+        tmp_path,
+    )
     runs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
     assert [p.name for p in runs] == [
         "0_logger=wandb,seed=0,trainer.max_epochs=1",
