@@ -73,6 +73,28 @@ def test_predict_command_writes_coco_results(tmp_path: Path, data_dir: Path, cap
     assert all(set(r) >= {"image_id", "category_id", "bbox", "score"} for r in results)
     assert {r["category_id"] for r in results} <= {c["id"] for c in index["categories"]}
 
+    # with --gt the results use the ground truth's image ids, so `cytobench eval` scores them directly
+    toy_dir = images.parent
+    val_ids = {
+        img["file_name"]: img["id"] for img in json.loads((toy_dir / "val.json").read_text())["images"]
+    }
+    val_images = [images / name for name in val_ids]
+    cli_main(
+        [
+            "predict",
+            "--checkpoint",
+            str(tmp_path / "run" / "checkpoints" / "last.pt"),
+            "--images",
+            *map(str, val_images),
+            "--gt",
+            str(toy_dir / "val.json"),
+            "--out",
+            str(tmp_path / "pg.json"),
+        ]
+    )
+    assert {r["image_id"] for r in json.loads((tmp_path / "pg.json").read_text())} <= set(val_ids.values())
+    cli_main(["eval", "coco-bbox", "--gt", str(toy_dir / "val.json"), "--pred", str(tmp_path / "pg.json")])
+
     # an undecodable image among good ones stops with one line naming it
     (images.parent / "bad").mkdir(exist_ok=True)
     broken = images.parent / "bad" / "broken.png"

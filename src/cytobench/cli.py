@@ -90,10 +90,21 @@ def list_images(paths: Sequence[str | Path]) -> list[Path]:
 
 def _cmd_predict(args: argparse.Namespace) -> None:
     from cytobench.engine.predict import predict_images
+    from cytobench.io.coco import load_coco, save_coco, save_coco_results
 
     images = list_images(args.images)
-    results, dataset = predict_images(args.checkpoint, images, device=args.device, batch_size=args.batch_size)
-    from cytobench.io.coco import save_coco, save_coco_results
+    image_ids = None
+    if args.gt:  # number the images as the ground truth does, so `cytobench eval` can score the output
+        by_name = {img["file_name"]: img["id"] for img in load_coco(args.gt)["images"]}
+        missing = [p.name for p in images if p.name not in by_name]
+        if missing:
+            raise BadInputError(
+                args.gt, f"has no image named {missing[0]} ({len(missing)} of the given images missing)"
+            )
+        image_ids = [by_name[p.name] for p in images]
+    results, dataset = predict_images(
+        args.checkpoint, images, device=args.device, batch_size=args.batch_size, image_ids=image_ids
+    )
 
     save_coco_results(args.out, results)
     index_path = Path(args.out).with_suffix(".images.json")
@@ -190,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("--images", required=True, nargs="+", help="image files and/or folders")
     pr.add_argument("--out", required=True, help="results json to write")
+    pr.add_argument("--gt", help="COCO ground truth whose image ids (matched by file name) the results use")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--batch-size", type=int, default=2)
     pr.set_defaults(func=_cmd_predict)

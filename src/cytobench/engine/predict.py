@@ -54,9 +54,17 @@ def predictions_to_results(
 
 @torch.no_grad()
 def predict_images(
-    checkpoint: str | Path, images: Sequence[Path], *, device: str = "auto", batch_size: int = 2
+    checkpoint: str | Path,
+    images: Sequence[Path],
+    *,
+    device: str = "auto",
+    batch_size: int = 2,
+    image_ids: Sequence[int] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Predict on ``images``; returns (COCO results, COCO dataset dict listing the images and categories)."""
+    """Predict on ``images``; returns (COCO results, COCO dataset dict listing the images and categories).
+
+    Images are numbered 1..N in the given order unless ``image_ids`` (e.g. a ground truth's ids) are given.
+    """
     from cytobench.io.images import read_image_tensor
 
     dev = local_device(device)
@@ -67,7 +75,11 @@ def predict_images(
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
         tensors = [read_image_tensor(p) for p in chunk]
-        ids = list(range(start + 1, start + 1 + len(chunk)))
+        ids = (
+            list(image_ids[start : start + len(chunk)])
+            if image_ids
+            else list(range(start + 1, start + 1 + len(chunk)))
+        )
         for image_id, path, tensor in zip(ids, chunk, tensors):
             h, w = tensor.shape[-2:]
             dataset["images"].append(
