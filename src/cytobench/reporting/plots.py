@@ -48,3 +48,33 @@ def close(figures: Sequence[plt.Figure] | plt.Figure) -> None:
     """Release figures once saved (long scripts otherwise accumulate them)."""
     for fig in figures if isinstance(figures, Sequence) else [figures]:
         plt.close(fig)
+
+
+def plot_mr_fppi(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    path: str | Path | None = None,
+    mr2: Mapping[str, float] | None = None,
+) -> plt.Figure:
+    """Miss rate against false positives per image on log-log axes (DeepACEv2 Fig. 8).
+
+    Args:
+        curves: ``{method: (fppi, miss_rate)}`` as returned by
+            :func:`cytobench.evaluation.curves.miss_rate_fppi`.
+        path: where to save the figure (PNG); not saved when None.
+        mr2: optional ``{method: MR^-2}`` shown in the legend.
+    """
+    fig, ax = plt.subplots(figsize=(4.5, 4.0))
+    for method, (fppi, miss_rate) in curves.items():
+        label = f"{method} (MR$^{{-2}}$ {100 * mr2[method]:.2f}%)" if mr2 and method in mr2 else method
+        keep = np.asarray(fppi) > 0  # log axes: the operating points before the first false positive sit at 0
+        ax.step(np.asarray(fppi)[keep], np.asarray(miss_rate)[keep], where="post", label=label)
+    for ref in np.logspace(-2, 0, 9):  # the nine reference points MR^-2 averages over
+        ax.axvline(ref, color="0.85", lw=0.6, zorder=0)
+    ax.set(
+        xscale="log", yscale="log", xlim=(1e-3, 1e1), xlabel="false positives per image", ylabel="miss rate"
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
