@@ -25,13 +25,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from throughput import per_second  # bench/ is on sys.path when a bench runs as a script
 
 from cytobench.reporting.tables import format_table
 from cytobench.simulate.chromosomes import CENTROMERE_DEPTH, CLASSES, RenderedBody, band_profile, render_body
@@ -95,18 +93,6 @@ def mask_iou(a: RenderedBody, b: RenderedBody, size: tuple[int, int]) -> float:
         h, w = body.mask.shape
         canvas[body.y0 : body.y0 + h, body.x0 : body.x0 + w, k] = body.mask
     return float((canvas[..., 0] & canvas[..., 1]).sum() / max((canvas[..., 0] | canvas[..., 1]).sum(), 1))
-
-
-def per_second(fn: Callable[[], object], n_items: int, repeats: int) -> tuple[float, float]:
-    """Median throughput over ``repeats`` timed calls after one warm-up: (items/wall-s, items/CPU-s)."""
-    fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-    return n_items / statistics.median(wall), n_items / statistics.median(cpu)
 
 
 def bench_size(size: tuple[int, int], args: argparse.Namespace) -> tuple[list[tuple], list[str]]:

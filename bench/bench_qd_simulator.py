@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from throughput import per_second  # bench/ is on sys.path when a bench runs as a script
 
 from cytobench.reporting.tables import format_table
 from cytobench.simulate import qd
@@ -72,23 +70,6 @@ def numpy_route(n: int, diffusion: float, params: ScanParams, rng: np.random.Gen
     return rng.poisson(expected)
 
 
-def images_per_second(fn: Callable[[], object], n_images: int, repeats: int) -> tuple[float, float]:
-    """Median throughput over ``repeats`` timed calls (after one warm-up call).
-
-    Returns:
-        ``(images per wall-clock second, images per CPU second of this process)``; the second is robust
-        to other processes sharing the cores.
-    """
-    fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-    return n_images / statistics.median(wall), n_images / statistics.median(cpu)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--chunk", type=int, default=4096, help="images per vectorised call")
@@ -104,14 +85,12 @@ def main() -> None:
     print(f"images {params.rows} x {params.cols}, substeps {params.substeps}, T = {params.n_samples} samples")
 
     rows: list[tuple[str, tuple[float, float]]] = []
-    ref = images_per_second(
-        lambda: reference_loop(args.reference_n, diffusion, params, rng), args.reference_n, 1
-    )
+    ref = per_second(lambda: reference_loop(args.reference_n, diffusion, params, rng), args.reference_n, 1)
     rows.append(("reference: per-pixel Python loop (baseline)", ref))
     rows.append(
         (
             "vectorised (torch normals + Poisson inversion)",
-            images_per_second(
+            per_second(
                 lambda: simulate_qd_batch(args.chunk, diffusion, params, rng), args.chunk, args.repeats
             ),
         )
@@ -119,15 +98,13 @@ def main() -> None:
     rows.append(
         (
             "vectorised, numpy ziggurat + Generator.poisson",
-            images_per_second(
-                lambda: numpy_route(args.chunk, diffusion, params, rng), args.chunk, args.repeats
-            ),
+            per_second(lambda: numpy_route(args.chunk, diffusion, params, rng), args.chunk, args.repeats),
         )
     )
     rows.append(
         (
             "per-block streams (dataset route, no I/O)",
-            images_per_second(
+            per_second(
                 lambda: simulate_qd_range(0, 0, args.chunk, None, (0.75, 1.75), params),
                 args.chunk,
                 args.repeats,
@@ -137,7 +114,7 @@ def main() -> None:
     if args.dataset_n > 0:
         with tempfile.TemporaryDirectory() as tmp:
             counter = iter(range(10**6))
-            rate = images_per_second(
+            rate = per_second(
                 lambda: simulate_qd_dataset(Path(tmp) / str(next(counter)), args.dataset_n, seed=0),
                 args.dataset_n,
                 1,
