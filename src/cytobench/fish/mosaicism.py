@@ -1,0 +1,463 @@
+"""Mosaicism from per-nucleus FISH signal counts: pattern fractions and karyotype levels with intervals.
+
+A *pattern* is the pair ``(n_red, n_green)`` of signals counted in one whole nucleus (red = chromosome-21
+probe, green = X probe). A *karyotype* maps to the pattern a perfect count would give
+(:data:`KARYOTYPE_PATTERNS`: normal female 2/2, trisomy 21 3/2, X monosomy 2/1). The mosaicism level of a
+karyotype is the fraction of a sample's cells that carry it.
+
+Two estimates are offered:
+
+* **plain** (no confusion matrix): the fraction of whole nuclei showing the karyotype's pattern, with a
+  binomial confidence interval. Intervals are **Wilson score** intervals by default: their coverage stays
+  close to the nominal 95% for the small fractions typical of low-level mosaicism (unlike the Wald interval,
+  which collapses to zero width at 0/n), they are closed-form, and they are narrower than the always
+  conservative Clopper-Pearson interval (``method="clopper-pearson"`` gives the exact interval when
+  guaranteed >= 95% coverage matters more than width).
+* **corrected** (with a :class:`ConfusionMatrix` ``P(observed pattern | true karyotype)`` measured on
+  simulated nuclei whose truth is known): the maximum-likelihood karyotype mix ``p`` of the multinomial
+  model ``observed ~ Multinomial(N, p @ M)``, found by EM on the simplex. Its interval is a parametric
+  bootstrap that redraws both the sample's pattern counts (from the fitted model) and the confusion matrix
+  rows (from their own calibration counts), so the finite calibration set widens the interval too.
+  Spot detection misses and splits signals (a normal cell with one missed green dot looks like X monosomy),
+  so the plain estimate is biased whenever detection is imperfect; the corrected one is not.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from scipy import stats as _sps
+
+from cytobench.errors import BadInputError
+
+__all__ = [
+    "KARYOTYPE_PATTERNS",
+    "ConfusionMatrix",
+    "KaryotypeLevel",
+    "MosaicismEstimate",
+    "PatternFraction",
+    "clopper_pearson_interval",
+    "estimate_mosaicism",
+    "measure_confusion",
+    "pattern_fractions",
+    "pattern_name",
+    "proportion_interval",
+    "unmix_patterns",
+    "wilson_interval",
+]
+
+IntervalMethod = Literal["wilson", "clopper-pearson"]
+
+#: Expected ``(n_red, n_green)`` per karyotype (chr21 probe in red, X probe in green), normal female 2/2.
+KARYOTYPE_PATTERNS: dict[str, tuple[int, int]] = {"normal": (2, 2), "trisomy21": (3, 2), "monosomyX": (2, 1)}
+
+
+# ------------------------------------------------------------------------------------ binomial intervals
+def wilson_interval(
+    k: np.ndarray | int, n: np.ndarray | int, confidence: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval for a binomial proportion ``k / n``.
+
+    ``(p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)`` with ``z`` the two-sided normal quantile.
+    At ``k = 0`` the lower bound is exactly 0, at ``k = n`` the upper bound is exactly 1.
+
+    Args:
+        k: successes, scalar or array (broadcast with ``n``).
+        n: trials (> 0).
+        confidence: two-sided level, e.g. 0.95.
+
+    Returns:
+        ``(lower, upper)`` float64 arrays of the broadcast shape (0-d for scalars); NaN where ``n == 0``.
+    """
+    k_arr, n_arr = np.broadcast_arrays(np.asarray(k, np.float64), np.asarray(n, np.float64))
+    z = float(_sps.norm.ppf(0.5 + confidence / 2.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = k_arr / n_arr
+        denom = 1.0 + z * z / n_arr
+        centre = (p + z * z / (2.0 * n_arr)) / denom
+        half = z * np.sqrt(p * (1.0 - p) / n_arr + z * z / (4.0 * n_arr * n_arr)) / denom
+    lower = np.where(k_arr <= 0, 0.0, np.clip(centre - half, 0.0, 1.0))
+    upper = np.where(k_arr >= n_arr, 1.0, np.clip(centre + half, 0.0, 1.0))
+    empty = n_arr <= 0
+    return np.where(empty, np.nan, lower), np.where(empty, np.nan, upper)
+
+
+def clopper_pearson_interval(
+    k: np.ndarray | int, n: np.ndarray | int, confidence: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (Clopper-Pearson) interval from Beta quantiles; coverage >= ``confidence`` for every p.
+
+    Args:
+        k: successes, scalar or array.
+        n: trials (> 0).
+        confidence: two-sided level.
+
+    Returns:
+        ``(lower, upper)`` float64 arrays; lower is 0 at ``k = 0``, upper is 1 at ``k = n``; NaN at ``n = 0``.
+    """
+    k_arr, n_arr = np.broadcast_arrays(np.asarray(k, np.float64), np.asarray(n, np.float64))
+    alpha = 1.0 - confidence
+    with np.errstate(invalid="ignore"):
+        lower = np.where(k_arr <= 0, 0.0, _sps.beta.ppf(alpha / 2.0, k_arr, n_arr - k_arr + 1.0))
+        upper = np.where(k_arr >= n_arr, 1.0, _sps.beta.ppf(1.0 - alpha / 2.0, k_arr + 1.0, n_arr - k_arr))
+    empty = n_arr <= 0
+    return np.where(empty, np.nan, lower), np.where(empty, np.nan, upper)
+
+
+def proportion_interval(
+    k: np.ndarray | int, n: np.ndarray | int, confidence: float = 0.95, method: IntervalMethod = "wilson"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Binomial interval by name: ``"wilson"`` (default) or ``"clopper-pearson"``."""
+    if method == "wilson":
+        return wilson_interval(k, n, confidence)
+    if method == "clopper-pearson":
+        return clopper_pearson_interval(k, n, confidence)
+    raise ValueError(f"unknown interval method {method!r} (wilson, clopper-pearson)")
+
+
+# ------------------------------------------------------------------------------------------ patterns
+def pattern_name(n_red: int, n_green: int) -> str:
+    """Short name of a signal pattern, e.g. ``"2R2G"``."""
+    return f"{int(n_red)}R{int(n_green)}G"
+
+
+@dataclass
+class PatternFraction:
+    """How many whole nuclei of a sample show one ``(n_red, n_green)`` pattern.
+
+    Attributes:
+        n_red: red signals per nucleus.
+        n_green: green signals per nucleus.
+        count: nuclei with this pattern.
+        n: whole nuclei in the sample.
+        fraction: ``count / n``.
+        lower: lower bound of the confidence interval.
+        upper: upper bound.
+    """
+
+    n_red: int
+    n_green: int
+    count: int
+    n: int
+    fraction: float
+    lower: float
+    upper: float
+
+    @property
+    def name(self) -> str:
+        return pattern_name(self.n_red, self.n_green)
+
+
+def pattern_fractions(
+    n_red: Sequence[int] | np.ndarray,
+    n_green: Sequence[int] | np.ndarray,
+    confidence: float = 0.95,
+    method: IntervalMethod = "wilson",
+) -> list[PatternFraction]:
+    """Fraction of nuclei per observed signal pattern, most frequent first.
+
+    Args:
+        n_red: ``(N,)`` red signal count per whole nucleus.
+        n_green: ``(N,)`` green signal count per whole nucleus.
+        confidence: two-sided level of the intervals.
+        method: ``"wilson"`` or ``"clopper-pearson"``.
+
+    Returns:
+        One :class:`PatternFraction` per pattern present (ties by pattern); empty for ``N = 0``.
+    """
+    red, green = np.asarray(n_red, np.int64).ravel(), np.asarray(n_green, np.int64).ravel()
+    if red.shape != green.shape:
+        raise ValueError(f"n_red and n_green differ in length ({red.size} vs {green.size})")
+    n = int(red.size)
+    if n == 0:
+        return []
+    pairs, counts = np.unique(np.stack([red, green], axis=1), axis=0, return_counts=True)
+    lower, upper = proportion_interval(counts, n, confidence, method)
+    rows = [
+        PatternFraction(int(r), int(g), int(c), n, float(c / n), float(lo), float(hi))
+        for (r, g), c, lo, hi in zip(pairs, counts, lower, upper)
+    ]
+    return sorted(rows, key=lambda row: (-row.count, row.n_red, row.n_green))
+
+
+# ------------------------------------------------------------------------------------ confusion matrix
+@dataclass
+class ConfusionMatrix:
+    """Counts of observed signal patterns per true karyotype, measured on nuclei with known truth.
+
+    Observed counts above ``max_count`` are clipped to ``max_count``, so the observed categories are the
+    ``(max_count + 1)**2`` patterns ``(r, g)`` with index ``r * (max_count + 1) + g``.
+
+    Attributes:
+        karyotypes: the true classes (rows), e.g. ``["normal", "trisomy21", "monosomyX"]``.
+        counts: ``(K, P)`` int64 nuclei of true karyotype k observed with pattern index p.
+        max_count: largest count kept per channel.
+    """
+
+    karyotypes: list[str]
+    counts: np.ndarray
+    max_count: int = 4
+    source: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """``(K, P)`` row-normalised ``P(observed pattern | true karyotype)``."""
+        totals = self.counts.sum(axis=1, keepdims=True).astype(np.float64)
+        return self.counts / np.maximum(totals, 1.0)
+
+    def pattern_index(self, n_red: np.ndarray, n_green: np.ndarray) -> np.ndarray:
+        """``(N,)`` observed-category index of each nucleus (counts clipped to ``max_count``)."""
+        m = self.max_count
+        red = np.clip(np.asarray(n_red, np.int64), 0, m)
+        return red * (m + 1) + np.clip(np.asarray(n_green, np.int64), 0, m)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "karyotypes": list(self.karyotypes),
+            "max_count": int(self.max_count),
+            "counts": self.counts.astype(int).tolist(),
+            "source": self.source,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ConfusionMatrix:
+        """Read a confusion matrix written by :meth:`save`; one-line error for a malformed file."""
+        try:
+            data = json.loads(Path(path).read_text())
+            counts = np.asarray(data["counts"], dtype=np.int64)
+            names = [str(k) for k in data["karyotypes"]]
+            max_count = int(data.get("max_count", 4))
+        except FileNotFoundError:
+            raise BadInputError(path, "file not found") from None
+        except (ValueError, KeyError, TypeError) as err:
+            raise BadInputError(path, f"not a confusion-matrix json ({type(err).__name__}: {err})") from None
+        if counts.shape != (len(names), (max_count + 1) ** 2) or (counts < 0).any():
+            raise BadInputError(
+                path, f"counts must be {len(names)} x {(max_count + 1) ** 2} non-negative integers"
+            )
+        return cls(names, counts, max_count, dict(data.get("source", {})))
+
+
+def measure_confusion(
+    true_karyotypes: Sequence[str],
+    n_red: Sequence[int] | np.ndarray,
+    n_green: Sequence[int] | np.ndarray,
+    karyotypes: Sequence[str] | None = None,
+    max_count: int = 4,
+) -> ConfusionMatrix:
+    """Tabulate observed patterns per true karyotype (e.g. detector counts on simulated nuclei).
+
+    Args:
+        true_karyotypes: ``(N,)`` karyotype name of each nucleus.
+        n_red: ``(N,)`` detected red signals.
+        n_green: ``(N,)`` detected green signals.
+        karyotypes: row order; default: the names present, in :data:`KARYOTYPE_PATTERNS` order first.
+        max_count: counts above this are clipped.
+
+    Returns:
+        The :class:`ConfusionMatrix`.
+    """
+    truth = [str(k) for k in true_karyotypes]
+    if karyotypes is None:
+        present = set(truth)
+        karyotypes = [k for k in KARYOTYPE_PATTERNS if k in present] + sorted(
+            present - set(KARYOTYPE_PATTERNS)
+        )
+    rows = {name: i for i, name in enumerate(karyotypes)}
+    matrix = ConfusionMatrix(
+        list(karyotypes), np.zeros((len(rows), (max_count + 1) ** 2), np.int64), max_count
+    )
+    cols = matrix.pattern_index(np.asarray(n_red), np.asarray(n_green))
+    for name, col in zip(truth, cols):
+        if name in rows:
+            matrix.counts[rows[name], col] += 1
+    return matrix
+
+
+# ------------------------------------------------------------------------------------------ estimates
+def unmix_patterns(
+    observed: np.ndarray, probabilities: np.ndarray, n_iter: int = 2000, tol: float = 1e-10
+) -> np.ndarray:
+    """Maximum-likelihood mix ``p`` of ``observed ~ Multinomial(N, p @ M)`` by EM on the simplex.
+
+    Args:
+        observed: ``(..., P)`` pattern counts (a leading batch axis fits several samples at once).
+        probabilities: ``(..., K, P)`` rows ``P(pattern | class)``, broadcast against ``observed``.
+        n_iter: maximum EM iterations.
+        tol: stop when no class fraction changes by more than this.
+
+    Returns:
+        ``(..., K)`` fractions summing to 1 (uniform when nothing is observed).
+    """
+    obs = np.asarray(observed, np.float64)
+    m = np.asarray(probabilities, np.float64)
+    total = obs.sum(axis=-1, keepdims=True)
+    k = m.shape[-2]
+    p = np.full((*np.broadcast_shapes(obs.shape[:-1], m.shape[:-2]), k), 1.0 / k)
+    share = obs / np.maximum(total, 1e-300)
+    for _ in range(n_iter):
+        q = np.einsum("...k,...kp->...p", p, m)
+        ratio = np.divide(share, q, out=np.zeros_like(q), where=q > 0)
+        new = p * np.einsum("...kp,...p->...k", m, ratio)
+        new /= np.maximum(new.sum(axis=-1, keepdims=True), 1e-300)
+        if np.max(np.abs(new - p)) < tol:
+            return new
+        p = new
+    return p
+
+
+@dataclass
+class KaryotypeLevel:
+    """Estimated fraction of a sample's cells with one karyotype.
+
+    Attributes:
+        karyotype: its name.
+        fraction: point estimate.
+        lower: lower bound of the interval.
+        upper: upper bound.
+        count: nuclei showing the karyotype's exact pattern (plain estimate's numerator).
+    """
+
+    karyotype: str
+    fraction: float
+    lower: float
+    upper: float
+    count: int
+
+
+@dataclass
+class MosaicismEstimate:
+    """Mosaicism levels of one sample.
+
+    Attributes:
+        n_nuclei: whole nuclei counted.
+        method: ``"plain"`` or ``"corrected"``.
+        interval: how the intervals were obtained (e.g. ``"wilson 95%"``, ``"parametric bootstrap 95%"``).
+        levels: one :class:`KaryotypeLevel` per karyotype.
+        other: plain fraction of nuclei whose pattern matches no karyotype (with its interval), or for
+            the corrected estimate the fraction of nuclei whose pattern never occurred in calibration.
+    """
+
+    n_nuclei: int
+    method: str
+    interval: str
+    levels: list[KaryotypeLevel]
+    other: KaryotypeLevel
+
+    def level(self, karyotype: str) -> KaryotypeLevel:
+        return next(lv for lv in self.levels if lv.karyotype == karyotype)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "n_nuclei": self.n_nuclei,
+            "method": self.method,
+            "interval": self.interval,
+            "levels": [vars(lv) for lv in self.levels],
+            "other": vars(self.other),
+        }
+
+
+def estimate_mosaicism(
+    n_red: Sequence[int] | np.ndarray,
+    n_green: Sequence[int] | np.ndarray,
+    *,
+    karyotypes: Mapping[str, tuple[int, int]] | None = None,
+    confusion: ConfusionMatrix | None = None,
+    confidence: float = 0.95,
+    method: IntervalMethod = "wilson",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> MosaicismEstimate:
+    """Mosaicism level (fraction of cells) per karyotype, plain or corrected for counting errors.
+
+    Args:
+        n_red: ``(N,)`` red signals per whole nucleus of one sample.
+        n_green: ``(N,)`` green signals per whole nucleus.
+        karyotypes: name -> expected ``(n_red, n_green)``; default :data:`KARYOTYPE_PATTERNS`. Only used
+            for the plain estimate (the corrected one uses the confusion matrix's rows).
+        confusion: counting-error matrix measured on simulated nuclei; None gives the plain estimate.
+        confidence: two-sided interval level.
+        method: binomial interval of the plain estimate (``"wilson"`` or ``"clopper-pearson"``).
+        n_boot: bootstrap replicates of the corrected estimate.
+        seed: seeds the bootstrap's ``numpy.random.Generator``.
+
+    Returns:
+        The :class:`MosaicismEstimate`.
+    """
+    red, green = np.asarray(n_red, np.int64).ravel(), np.asarray(n_green, np.int64).ravel()
+    n = int(red.size)
+    table = dict(KARYOTYPE_PATTERNS if karyotypes is None else karyotypes)
+    matched = np.zeros(n, dtype=bool)
+    plain: dict[str, int] = {}
+    for name, (r, g) in table.items():
+        hit = (red == r) & (green == g)
+        plain[name] = int(hit.sum())
+        matched |= hit
+    if confusion is None:
+        names = list(table)
+        counts = np.array([plain[k] for k in names] + [int((~matched).sum())])
+        lower, upper = proportion_interval(counts, n, confidence, method)
+        frac = counts / n if n else np.full(len(counts), np.nan)
+        levels = [
+            KaryotypeLevel(name, float(frac[i]), float(lower[i]), float(upper[i]), int(counts[i]))
+            for i, name in enumerate([*names, "other"])
+        ]
+        label = f"{method} {confidence:.0%}"
+        return MosaicismEstimate(n, "plain", label, levels[:-1], levels[-1])
+    return _corrected(red, green, confusion, plain, confidence, n_boot, seed)
+
+
+def _corrected(
+    red: np.ndarray,
+    green: np.ndarray,
+    confusion: ConfusionMatrix,
+    plain: dict[str, int],
+    confidence: float,
+    n_boot: int,
+    seed: int,
+) -> MosaicismEstimate:
+    """EM estimate + parametric bootstrap over sample and calibration counts (see the module docstring)."""
+    n_total = int(red.size)
+    probs = confusion.probabilities
+    seen = confusion.counts.sum(axis=0) > 0  # patterns that occurred in calibration
+    observed = np.bincount(confusion.pattern_index(red, green), minlength=probs.shape[1])
+    unexplained = int(observed[~seen].sum())
+    observed = np.where(seen, observed, 0)
+    n = int(observed.sum())
+    names = confusion.karyotypes
+    p_hat = unmix_patterns(observed, probs)
+    rng = np.random.default_rng(seed)
+    row_totals = confusion.counts.sum(axis=1)
+    boot_m = np.stack(
+        [rng.multinomial(t, row, size=n_boot) / max(t, 1) for t, row in zip(row_totals, probs)], axis=1
+    )  # (B, K, P)
+    q_hat = p_hat @ probs
+    boot_obs = rng.multinomial(n, q_hat / q_hat.sum(), size=n_boot) if n else np.zeros((n_boot, len(q_hat)))
+    boot_p = unmix_patterns(boot_obs, boot_m, n_iter=1000, tol=1e-8)
+    alpha = 1.0 - confidence
+    lower, upper = np.quantile(boot_p, [alpha / 2.0, 1.0 - alpha / 2.0], axis=0)
+    levels = [
+        KaryotypeLevel(name, float(p_hat[i]), float(lower[i]), float(upper[i]), plain.get(name, 0))
+        for i, name in enumerate(names)
+    ]
+    lo_u, hi_u = wilson_interval(unexplained, n_total, confidence)
+    other = KaryotypeLevel(
+        "unexplained",
+        unexplained / n_total if n_total else float("nan"),
+        float(lo_u),
+        float(hi_u),
+        unexplained,
+    )
+    label = f"parametric bootstrap {confidence:.0%} ({n_boot} replicates, sample + calibration counts)"
+    return MosaicismEstimate(n_total, "corrected", label, levels, other)
