@@ -93,8 +93,12 @@ def _hydra_mode() -> RunMode | None:
 
 def run(cfg: DictConfig) -> float | None:
     """Train and evaluate one configuration; returns the monitored metric (for Hydra sweepers)."""
-    init_distributed()
     run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.run_dir)
+    if cfg.model.get("backend") == "ultralytics":  # YOLO: ultralytics' own trainer behind an adapter
+        from cytobench.engine.ultralytics_run import run_ultralytics
+
+        return run_ultralytics(cfg, run_dir)
+    init_distributed()
     tcfg = cfg.trainer
     seed_everything(cfg.seed, deterministic=tcfg.deterministic)
     device = local_device(tcfg.device)

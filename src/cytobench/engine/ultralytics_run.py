@@ -1,0 +1,341 @@
+"""Train a YOLO model through ultralytics' own trainer under cytobench's run-folder contract.
+
+``python train.py model=yolov8_seg ...`` (any config whose ``model.backend`` is ``ultralytics``) comes
+here from :func:`cytobench.train.run`. Steps:
+
+1. simulate the data if the data config has a ``prepare`` node; export its COCO train / val splits (and
+   any ``model.extra_train`` sets) to the YOLO layout in ``run_dir/yolo_data`` with
+   :func:`cytobench.io.yolo.export_yolo`; images that ultralytics' OpenCV reader would misread (16-bit,
+   CZI, multi-channel TIFF, ...) are written as 8-bit PNG scaled by their real range, like cytobench's reader;
+2. ``ultralytics.YOLO(model.arch or model.weights_path).train(**model.train_args)`` with the project in
+   ``run_dir/ultralytics``; a callback sends each epoch's losses, ultralytics' val metrics (``yolo/...``)
+   and learning rate to the cytobench logger (CSV / W&B) and keeps ``metrics.json`` current;
+3. ``run_dir/checkpoints/best.pt`` and ``last.pt``: the ultralytics weights with cytobench metadata (see
+   :mod:`cytobench.models.yolo`); ultralytics picks best.pt by its fitness (box + mask mAP50-95 on val);
+4. best.pt predicts the val split and the configured evaluator scores it (``coco/segm_AP``, ...); the
+   final ``latest`` metrics hold these beside ultralytics' own validation of best.pt (``yolo/mask_mAP50``...).
+
+Epochs are counted from 1; ``step`` counts training batches (ultralytics accumulates gradients to a
+nominal batch of 64, so optimizer steps are fewer).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from cytobench.engine.checkpoint import seed_everything
+from cytobench.engine.hooks import write_json_atomic
+from cytobench.engine.loggers import Logger
+from cytobench.errors import BadInputError, CorruptAnnotation
+from cytobench.io.coco import load_coco
+from cytobench.models.yolo import (
+    build_yolo_model,
+    save_yolo_checkpoint,
+    setup_ultralytics_offline,
+    to_uint8_rgb,
+    ultralytics_device,
+)
+
+YOLO_READABLE = {".png", ".jpg", ".jpeg", ".bmp"}
+# ultralytics metric names -> cytobench keys ((B) box, (M) mask)
+_METRIC_NAMES = {"precision": "P", "recall": "R", "mAP50": "mAP50", "mAP50-95": "mAP50-95"}
+_FORCED_ARGS = ("data", "project", "name", "exist_ok", "device", "amp", "resume")
+
+
+def yolo_metric_key(name: str) -> str:
+    """``metrics/mAP50-95(M)`` -> ``yolo/mask_mAP50-95``; other names (``val/seg_loss``) unchanged."""
+    if name.startswith("metrics/") and name.endswith(")"):
+        stat, kind = name[len("metrics/") : -1].split("(")
+        prefix = {"B": "box", "M": "mask", "P": "pose"}.get(kind, kind)
+        return f"yolo/{prefix}_{_METRIC_NAMES.get(stat, stat)}"
+    return name
+
+
+def coco_splits(data_cfg: Mapping[str, Any]) -> dict[str, tuple[Path, Path]]:
+    """``{"train": (images_dir, ann_file), "val": (...)}`` of a data config.
+
+    Reads ``images`` / ``train_ann`` / ``val_ann`` when present (simulated sets), else the ``train`` /
+    ``val`` dataset nodes' ``root`` and ``ann_file`` (any COCO data config).
+    """
+    out = {}
+    for split in ("train", "val"):
+        node = data_cfg.get(split) or {}
+        ann = data_cfg.get(f"{split}_ann") or node.get("ann_file")
+        images = data_cfg.get("images") or node.get("root") or (data_cfg.get("train") or {}).get("root")
+        if not ann or not images:
+            raise BadInputError("data config", f"no {split} annotation file / images folder")
+        out[split] = (Path(images), Path(ann))
+    return out
+
+
+def export_yolo_dataset(
+    splits: Mapping[str, tuple[Path, Path]],
+    out_dir: Path,
+    extra_train: list[tuple[Path, Path]] | None = None,
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Export COCO splits (polygons / RLE) to the YOLO-seg layout; returns ``(data.yaml, categories)``.
+
+    ``extra_train`` sets go to their own folders (``images/extra0``, ...) listed under ``train``.
+
+    Raises:
+        CorruptAnnotation: a split's categories differ from the train split's (same ids, names, order).
+    """
+    from cytobench.io.yolo import export_yolo
+
+    train_ann = splits["train"][1]
+    categories = list(load_coco(train_ann)["categories"])
+    mapping = {int(c["id"]): i for i, c in enumerate(categories)}
+    named = dict(splits)
+    for k, pair in enumerate(extra_train or []):
+        named[f"extra{k}"] = pair
+    for split, (images, ann) in named.items():
+        if split != "train":
+            other = [(int(c["id"]), c["name"]) for c in load_coco(ann)["categories"]]
+            if other != [(int(c["id"]), c["name"]) for c in categories]:
+                raise CorruptAnnotation(ann, f"categories {other} differ from those of {train_ann.name}")
+        export_yolo(ann, images, out_dir, split=split, task="segment", category_map=mapping)
+        _make_yolo_readable(out_dir / "images" / split)
+    train = ["images/train", *[f"images/{s}" for s in named if s.startswith("extra")]]
+    lines = [f"path: {json.dumps(str(out_dir.resolve()))}", f"train: [{', '.join(train)}]", "val: images/val"]
+    lines += ["names:", *[f"  {i}: {json.dumps(c['name'])}" for i, c in enumerate(categories)]]
+    (out_dir / "data.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out_dir / "data.yaml", categories
+
+
+def _make_yolo_readable(folder: Path) -> None:
+    """Replace exported images that OpenCV would read differently from cytobench by 8-bit RGB PNGs."""
+    from cytobench.io.images import read_image, write_image
+
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.suffix.lower() in YOLO_READABLE:
+            data = read_image(path)
+            if data.bit_depth == 8 and (data.array.ndim == 2 or data.array.shape[2] in (1, 3)):
+                continue
+        else:
+            data = read_image(path)
+        png = path.with_suffix(".png")
+        if png != path and png.exists():
+            raise BadInputError(path, f"{png.name} also exists; cannot convert to an 8-bit PNG for YOLO")
+        path.unlink()
+        write_image(png, to_uint8_rgb(data.array))
+
+
+class EpochRecorder:
+    """ultralytics ``on_fit_epoch_end`` callback: history, logger and ``metrics.json`` of a YOLO run.
+
+    ultralytics calls the event once per epoch and once more after training for its validation of
+    best.pt (``final_eval``); that last call is kept apart as :attr:`final`.
+    """
+
+    def __init__(self, logger: Logger, metrics_path: Path, run_dir: Path) -> None:
+        self.logger, self.metrics_path, self.run_dir = logger, metrics_path, run_dir
+        self.history: list[dict[str, float]] = []
+        self.latest: dict[str, float] = {}
+        self.final: dict[str, float] | None = None
+        self.epoch = 0
+        self.step = 0
+        self.best_value: float | None = None
+        self.best_epoch: int | None = None
+        self._loop_done = False
+
+    def __call__(self, trainer: Any) -> None:
+        metrics = {yolo_metric_key(k): float(v) for k, v in (trainer.metrics or {}).items()}
+        if self._loop_done:  # final_eval: ultralytics' validation of best.pt
+            self.final = {k: v for k, v in metrics.items() if k.startswith("yolo/")}
+            return
+        self.epoch = int(trainer.epoch) + 1
+        self.step = self.epoch * len(trainer.train_loader)
+        fitness = float("nan") if trainer.fitness is None else float(trainer.fitness)
+        losses = trainer.label_loss_items(trainer.tloss, prefix="train") if trainer.tloss is not None else {}
+        lr = next(iter((trainer.lr or {}).values()), float("nan"))
+        self.latest = {**losses, **metrics, "yolo/fitness": fitness, "train/lr": float(lr)}
+        self.history.append({"epoch": self.epoch, "step": self.step, **self.latest})
+        self.logger.log_metrics({"epoch": self.epoch, **self.latest}, self.step)
+        if not math.isnan(fitness) and (self.best_value is None or fitness >= self.best_value):
+            self.best_value, self.best_epoch = fitness, self.epoch  # ultralytics saves best.pt on ties too
+        write_json_atomic(self.metrics_path, self.summary(self.latest))
+        self._loop_done = bool(trainer.stop)
+
+    def summary(self, latest: Mapping[str, float], stopped_early: str | None = None) -> dict[str, Any]:
+        """``metrics.json`` content (same schema as torch runs)."""
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "latest": dict(latest),
+            "history": self.history,
+            "stopped_early": stopped_early,
+            "monitor": "yolo/fitness",
+            "best": {
+                "value": self.best_value,
+                "epoch": self.best_epoch,
+                "checkpoint": str(self.run_dir / "checkpoints" / "best.pt"),
+            },
+            "run_dir": str(self.run_dir),
+        }
+
+
+def train_arguments(
+    train_args: Mapping[str, Any], *, imgsz: int, data_yaml: Path, project: Path, device: str
+) -> dict[str, Any]:
+    """Arguments of ``YOLO.train``: the model config's ``train_args`` plus the run's own settings.
+
+    ``amp`` is off: ultralytics' AMP check downloads weights.
+    """
+    clash = sorted(set(train_args) & set(_FORCED_ARGS))
+    if clash:
+        raise BadInputError("model.train_args", f"{clash} are set by cytobench (data, folders, device, amp)")
+    return {
+        **dict(train_args),
+        "imgsz": int(imgsz),
+        "data": str(data_yaml),
+        "project": str(project),
+        "name": "ultralytics",
+        "exist_ok": True,
+        "device": device,
+        "amp": False,
+        "resume": False,
+    }
+
+
+def run_ultralytics(cfg: DictConfig, run_dir: Path) -> float | None:
+    """Train, checkpoint and score one YOLO configuration; returns ``latest[trainer.monitor]`` (sweeps)."""
+    from hydra.utils import instantiate
+
+    from cytobench.reporting.tables import format_metrics
+    from cytobench.train import build_logger, prepare_data
+
+    mcfg, tcfg = cfg.model, cfg.trainer
+    if tcfg.get("resume"):
+        raise BadInputError(str(tcfg.resume), "trainer.resume is not supported for ultralytics runs")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    setup_ultralytics_offline(run_dir / ".ultralytics")
+    seed_everything(cfg.seed, deterministic=tcfg.deterministic)
+    device = ultralytics_device(tcfg.device)
+
+    prepare_data(cfg.data)
+    extra = []
+    for item in mcfg.get("extra_train") or []:
+        if item.get("prepare") is not None:
+            instantiate(item.prepare)
+        extra.append((Path(item.images), Path(item.ann_file)))
+    splits = coco_splits(cfg.data)
+    data_yaml, categories = export_yolo_dataset(splits, run_dir / "yolo_data", extra)
+
+    logger = build_logger(cfg.get("logger"), run_dir)
+    logger.log_config(OmegaConf.to_container(cfg, resolve=True))
+    recorder = EpochRecorder(logger, run_dir / "metrics.json", run_dir)
+    try:
+        model = build_yolo_model(mcfg.arch, mcfg.get("weights_path"))
+        model.add_callback("on_fit_epoch_end", recorder)
+        args = train_arguments(
+            OmegaConf.to_container(mcfg.train_args, resolve=True),
+            imgsz=mcfg.imgsz,
+            data_yaml=data_yaml,
+            project=run_dir,
+            device=device,
+        )
+        start = time.perf_counter()
+        model.train(**args)
+        train_seconds = time.perf_counter() - start
+        trainer = model.trainer
+        metadata = {
+            "backend": "ultralytics",
+            "task": "segment",
+            "categories": categories,
+            "label_to_cat_id": {i + 1: int(c["id"]) for i, c in enumerate(categories)},
+            "imgsz": int(mcfg.imgsz),
+            "model_config": OmegaConf.to_container(mcfg, resolve=True),
+            "data_config": OmegaConf.to_container(cfg.data, resolve=True),
+            "ultralytics_version": _ultralytics_version(),
+        }
+        ckpt_dir = run_dir / "checkpoints"
+        for name, source in (("last", trainer.last), ("best", trainer.best)):
+            if Path(source).is_file():
+                epoch = recorder.best_epoch if name == "best" else recorder.epoch
+                save_yolo_checkpoint(source, ckpt_dir / f"{name}.pt", {**metadata, "epoch": epoch})
+        shutil.rmtree(Path(trainer.wdir), ignore_errors=True)  # stripped copies of the files above
+
+        best = ckpt_dir / "best.pt" if (ckpt_dir / "best.pt").is_file() else ckpt_dir / "last.pt"
+        evaluator = instantiate(cfg.evaluator)
+        coco = score_checkpoint(best, splits["val"], evaluator, device=device, **_eval_kwargs(mcfg))
+        latest = {**(recorder.final or {}), **coco, "time/train_s": train_seconds}
+        logger.log_metrics({"epoch": recorder.epoch, **latest}, recorder.step)
+    finally:
+        logger.finish()
+    max_epochs = int(mcfg.train_args.get("epochs", recorder.epoch))
+    stopped = (
+        f"early stopping (ultralytics patience {mcfg.train_args.get('patience')}) after epoch {recorder.epoch}"
+        if recorder.epoch < max_epochs
+        else None
+    )
+    summary = recorder.summary(latest, stopped)
+    summary["final"] = {"checkpoint": str(best), "epoch": recorder.best_epoch}
+    write_json_atomic(run_dir / "metrics.json", summary)
+    print(
+        f"\nmetrics of {best.name} (epoch {recorder.best_epoch}) after {recorder.epoch} epochs ({run_dir}):"
+    )
+    print(format_metrics(latest))
+    return latest.get(tcfg.monitor) if tcfg.get("monitor") else None
+
+
+def _eval_kwargs(mcfg: DictConfig) -> dict[str, Any]:
+    ev = mcfg.get("eval") or {}
+    return {
+        "imgsz": int(ev.get("imgsz") or mcfg.imgsz),
+        "conf": float(ev.get("conf", 0.001)),
+        "iou": float(ev.get("iou", 0.7)),
+        "max_det": int(ev.get("max_det", 300)),
+        "batch_size": int(ev.get("batch_size", 8)),
+    }
+
+
+def score_checkpoint(
+    checkpoint: Path,
+    split: tuple[Path, Path],
+    evaluator: Any,
+    *,
+    device: str = "cpu",
+    imgsz: int | None = None,
+    conf: float = 0.001,
+    iou: float = 0.7,
+    max_det: int = 300,
+    batch_size: int = 8,
+) -> dict[str, float]:
+    """Predict a COCO split with a YOLO checkpoint and score it with a cytobench evaluator.
+
+    Args:
+        checkpoint: YOLO-seg weights (see :func:`~cytobench.models.yolo.load_yolo_segmenter`).
+        split: ``(images_dir, ann_file)``; its categories must be the checkpoint's, in the same order.
+        evaluator: e.g. ``CocoEvaluator(iou_types=("bbox", "segm"))``; reset first.
+        device, imgsz, conf, iou, max_det, batch_size: see :meth:`YoloSegmenter.predict`.
+    """
+    from cytobench.data.coco_dataset import CocoDetectionDataset
+    from cytobench.models.yolo import load_yolo_segmenter
+
+    segmenter = load_yolo_segmenter(checkpoint, device=device)
+    dataset = CocoDetectionDataset(split[0], split[1], with_masks=True)
+    evaluator.reset()
+    for start in range(0, len(dataset), batch_size):
+        indices = range(start, min(start + batch_size, len(dataset)))
+        items = [dataset.load_raw(i) for i in indices]
+        preds = segmenter.predict(
+            [to_uint8_rgb(img) for img, _ in items], imgsz=imgsz, conf=conf, iou=iou, max_det=max_det
+        )
+        targets = [{**t, "image_id": dataset.images[i]["id"]} for i, (_, t) in zip(indices, items)]
+        evaluator.process(targets, preds)
+    return evaluator.compute()
+
+
+def _ultralytics_version() -> str:
+    import ultralytics
+
+    return str(ultralytics.__version__)
