@@ -152,6 +152,13 @@ def _cmd_simulate_metaphase(args: argparse.Namespace) -> None:
     print(f"simulated {args.n} metaphase spreads into {args.out} ({out})")
 
 
+# ------------------------------------------------------------------------------------------------ fish
+def _cmd_fish_analyze(args: argparse.Namespace) -> None:
+    from cytobench.fish.command import run_analyze
+
+    run_analyze(args, list_images(args.images))
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> None:
     from cytobench.reproduce import load_reproduction
 
@@ -232,6 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     meta.add_argument("--seed", type=int, default=0)
     meta.add_argument("--out", required=True)
     meta.set_defaults(func=_cmd_simulate_metaphase)
+
+    from cytobench.fish.command import add_analyze_arguments
+
+    fish = sub.add_parser("fish", help="interphase-FISH analysis: nuclei, signal counts, mosaicism")
+    fish_sub = fish.add_subparsers(dest="fish_command", required=True)
+    fish_an = fish_sub.add_parser("analyze", help="segment nuclei, count red/green signals, report mosaicism")
+    add_analyze_arguments(fish_an)
+    fish_an.set_defaults(func=_cmd_fish_analyze)
 
     rep = sub.add_parser("reproduce", help="print a paper's table beside ours (e.g. qd/table1)")
     rep.add_argument("name", help="which table, e.g. qd/table1")
