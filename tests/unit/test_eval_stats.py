@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from scipy import special
+from scipy import special, stats
 
-from cytobench.evaluation import compare_groups, mean_std, summarize_runs, welch_ttest
+from cytobench.evaluation import compare_groups, mean_std, paired_ttest, summarize_runs, welch_ttest
 
 
 def welch_by_hand(a: list[float], b: list[float]) -> float:
@@ -68,3 +68,21 @@ def test_summarize_runs_and_compare_groups() -> None:
     assert row["std_b"] == pytest.approx(np.std([0.70, 0.72, 0.69, 0.71], ddof=1))
     assert row["p"] == pytest.approx(welch_by_hand([0.61, 0.63, 0.60], [0.70, 0.72, 0.69, 0.71]))
     assert math.isnan(compare_groups(a_runs, b_runs, keys=["only_a"])["only_a"]["p"])
+
+
+def test_paired_ttest_matches_hand_formula() -> None:
+    a = [0.70, 0.72, 0.68, 0.75, 0.71]
+    b = [0.66, 0.70, 0.67, 0.70, 0.69]
+    d = np.subtract(a, b)
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(d.size))
+    p_hand = 2 * stats.t.sf(abs(t), df=d.size - 1)
+    assert paired_ttest(a, b) == pytest.approx(p_hand, rel=1e-10)
+    # pairing matters: the same numbers unpaired are far less significant
+    assert paired_ttest(a, b) < welch_ttest(a, b)
+
+
+def test_paired_ttest_undefined_and_bad_cases() -> None:
+    assert math.isnan(paired_ttest([1.0, 2.0], [0.0, 1.0]))  # constant difference
+    assert math.isnan(paired_ttest([1.0, float("nan")], [0.0, 1.0]))  # one complete pair
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_ttest([1.0, 2.0], [1.0])

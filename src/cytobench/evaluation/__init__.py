@@ -26,7 +26,7 @@ from cytobench.evaluation.localization import (
     localize_match,
 )
 from cytobench.evaluation.pixel import PixelEvaluator, confusion_matrix, metrics_from_confusion, pixel_metrics
-from cytobench.evaluation.stats import compare_groups, mean_std, summarize_runs, welch_ttest
+from cytobench.evaluation.stats import compare_groups, mean_std, paired_ttest, summarize_runs, welch_ttest
 
 __all__ = [
     "CocoEvaluator",
@@ -60,5 +60,6 @@ __all__ = [
     "summarize_coco",
     "summarize_runs",
     "to_numpy",
+    "paired_ttest",
     "welch_ttest",
 ]

@@ -1,4 +1,4 @@
-"""Statistics over repeated runs (seeds, folds): mean / std summaries and Welch's t-test.
+"""Statistics over repeated runs (seeds, folds): mean / std summaries, Welch's and the paired t-test.
 
 NaN policy: NaN values (a metric undefined in a run) are dropped before any statistic and
 the returned ``n`` counts the finite values actually used. With fewer than two values the
@@ -49,6 +49,26 @@ def welch_ttest(a: Iterable[float], b: Iterable[float]) -> float:
     if xa.var(ddof=1) == 0 and xb.var(ddof=1) == 0:
         return float("nan")
     return float(_sps.ttest_ind(xa, xb, equal_var=False).pvalue)
+
+
+def paired_ttest(a: Iterable[float], b: Iterable[float]) -> float:
+    """Two-sided p-value of the paired t-test of mean(a - b) == 0 (``scipy.stats.ttest_rel``).
+
+    For repeats that share everything but the compared factor, e.g. one trained model per seed
+    post-processed with Soft-NMS (a) and Embedding-Guided NMS (b). Pairs with a NaN are dropped.
+
+    Returns:
+        The p-value in [0, 1]; NaN with fewer than two complete pairs or when every difference is
+        the same (zero variance).
+    """
+    xa = np.asarray(list(a), dtype=np.float64).ravel()
+    xb = np.asarray(list(b), dtype=np.float64).ravel()
+    if xa.shape != xb.shape:
+        raise ValueError(f"paired samples need equal lengths, got {xa.size} and {xb.size}")
+    diff = (xa - xb)[~(np.isnan(xa) | np.isnan(xb))]
+    if diff.size < 2 or diff.var(ddof=1) == 0:
+        return float("nan")
+    return float(_sps.ttest_1samp(diff, 0.0).pvalue)
 
 
 def summarize_runs(runs: Sequence[Mapping[str, float]]) -> dict[str, tuple[float, float, int]]:
@@ -105,4 +125,4 @@ def compare_groups(
     return out
 
 
-__all__ = ["compare_groups", "mean_std", "summarize_runs", "welch_ttest"]
+__all__ = ["compare_groups", "mean_std", "paired_ttest", "summarize_runs", "welch_ttest"]
