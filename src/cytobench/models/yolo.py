@@ -4,7 +4,8 @@ Training runs through ultralytics' own trainer (:mod:`cytobench.engine.ultralyti
 holds what training, prediction and the paper tables share.
 
 Offline: :func:`setup_ultralytics_offline` sets ``YOLO_OFFLINE=1`` and ``YOLO_AUTOINSTALL=0`` (and
-``YOLO_CONFIG_DIR`` when ultralytics is not imported yet and the variable is unset), copies matplotlib's
+``YOLO_CONFIG_DIR``, to the run folder or a temp folder, when ultralytics is not imported yet and the
+variable is unset), copies matplotlib's
 ``DejaVuSans.ttf`` to ``<config dir>/Arial.ttf`` and ``Arial.Unicode.ttf`` (every training run asks for
 them and would download them otherwise) and turns off ultralytics' telemetry and its third-party logger
 integrations (cytobench logs to CSV / W&B itself). Models are built from a model ``.yaml`` or a local
@@ -26,6 +27,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,12 +72,14 @@ def setup_ultralytics_offline(config_dir: str | Path | None = None) -> Path:
 
     Args:
         config_dir: value for ``YOLO_CONFIG_DIR`` when ultralytics is not imported yet and the variable
-            is unset (ultralytics reads it once, at import); None leaves ultralytics' own choice.
+            is unset (ultralytics reads it once, at import); None: ``<tmp>/cytobench-ultralytics``, so
+            that the user's own ultralytics settings are never changed.
     """
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "0"
-    if config_dir is not None and "ultralytics" not in sys.modules:
-        os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(config_dir).resolve()))
+    if "ultralytics" not in sys.modules:
+        default = Path(tempfile.gettempdir()) / "cytobench-ultralytics"  # never the user's ~/.config settings
+        os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(config_dir or default).resolve()))
     import ultralytics.utils as ul_utils
 
     for name in ("ultralytics.utils", "ultralytics.utils.checks", "ultralytics.utils.events"):

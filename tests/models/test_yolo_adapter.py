@@ -1,0 +1,364 @@
+"""YOLOv8-seg adapter: offline training under the run-folder contract, checkpoints, predictor, scoring glue."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from cytobench.data.coco_dataset import CocoDetectionDataset
+from cytobench.engine.ultralytics_run import (
+    coco_splits,
+    export_yolo_dataset,
+    score_checkpoint,
+    train_arguments,
+    yolo_metric_key,
+)
+from cytobench.errors import BadInputError, CorruptAnnotation
+from cytobench.evaluation import CocoEvaluator
+from cytobench.io.images import read_image, write_image
+from cytobench.models import yolo as yolo_module
+from cytobench.models.yolo import (
+    YoloSegmenter,
+    build_yolo_model,
+    load_yolo_segmenter,
+    read_yolo_metadata,
+    to_uint8_rgb,
+    ultralytics_device,
+)
+from cytobench.simulate.toy import simulate_toy
+from tests.conftest import compose_config
+
+
+class NetworkAttempt(AssertionError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def no_network() -> Iterator[list[str]]:
+    """Every socket connect / DNS lookup raises and is recorded (so silently caught attempts show too)."""
+    attempts: list[str] = []
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        attempts.append(repr(args[:2]))
+        raise NetworkAttempt(f"network access attempted: {args[:2]}")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", refuse)
+        mp.setattr(socket.socket, "connect_ex", refuse)
+        mp.setattr(socket, "create_connection", refuse)
+        mp.setattr(socket, "getaddrinfo", refuse)
+        yield attempts
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 toy images (6 train / 2 val) at 96 px with polygon masks of two categories."""
+    out = tmp_path_factory.mktemp("toy")
+    simulate_toy(8, out, size=(96, 96), seed=3, val_fraction=0.25)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- small units
+def test_metric_keys_devices_and_forced_arguments(tmp_path: Path) -> None:
+    assert yolo_metric_key("metrics/mAP50-95(M)") == "yolo/mask_mAP50-95"
+    assert yolo_metric_key("metrics/precision(B)") == "yolo/box_P"
+    assert yolo_metric_key("metrics/recall(M)") == "yolo/mask_R"
+    assert yolo_metric_key("val/seg_loss") == "val/seg_loss"
+    assert ultralytics_device("cpu") == "cpu" and ultralytics_device("cuda:1") == "1"
+    assert ultralytics_device("cuda") == "0"
+    args = train_arguments(
+        {"lr0": 0.01, "epochs": 3}, imgsz=320, data_yaml=tmp_path / "d.yaml", project=tmp_path, device="0"
+    )
+    assert args["amp"] is False and args["resume"] is False  # the AMP check would download weights
+    assert args["imgsz"] == 320 and args["lr0"] == 0.01 and args["data"] == str(tmp_path / "d.yaml")
+    with pytest.raises(BadInputError, match="amp"):
+        train_arguments({"amp": True}, imgsz=320, data_yaml=tmp_path, project=tmp_path, device="cpu")
+
+
+def test_models_come_from_yaml_or_local_files_only(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match="weights_path"):
+        build_yolo_model("yolov8n-seg.pt")  # a bare .pt name would download
+    with pytest.raises(BadInputError, match="weights file not found"):
+        build_yolo_model("yolov8n-seg.yaml", weights_path=tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(BadInputError, match="junk.pt"):
+        load_yolo_segmenter(junk)
+
+
+def test_to_uint8_rgb_round_trips_8bit_and_expands_grey() -> None:
+    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 7
+    np.testing.assert_array_equal(to_uint8_rgb(rgb.astype(np.float32) / 255.0), rgb)
+    grey = to_uint8_rgb(np.array([[0.0, 1.0]], np.float32))
+    assert grey.shape == (1, 2, 3) and grey[0, 1].tolist() == [255, 255, 255]
+    rgba = to_uint8_rgb(np.ones((2, 2, 4), np.uint8))
+    assert rgba.shape == (2, 2, 3)
+
+
+def test_data_config_paths_simulated_and_generic() -> None:
+    fish_like = {"images": "/d/images", "train_ann": "/d/train.json", "val_ann": "/d/val.json", "train": {}}
+    assert coco_splits(fish_like)["val"] == (Path("/d/images"), Path("/d/val.json"))
+    generic = {"train": {"root": "/i", "ann_file": "/t.json"}, "val": {"root": "/v", "ann_file": "/v.json"}}
+    assert coco_splits(generic) == {
+        "train": (Path("/i"), Path("/t.json")),
+        "val": (Path("/v"), Path("/v.json")),
+    }
+    with pytest.raises(BadInputError, match="val"):
+        coco_splits({"train": {"root": "/i", "ann_file": "/t.json"}, "val": {}})
+
+
+class _FakeResults:
+    def __init__(self, shape: tuple[int, int]) -> None:
+        self.boxes, self.masks = None, None
+
+
+class _FakeModel:
+    """Stands in for ultralytics.YOLO: records what predict receives."""
+
+    def __init__(self) -> None:
+        self.sources: list[np.ndarray] = []
+
+    def predict(self, source: list[np.ndarray], **kwargs: Any) -> list[_FakeResults]:
+        self.sources += source
+        self.kwargs = kwargs
+        return [_FakeResults(s.shape[:2]) for s in source]
+
+
+def test_predictor_hands_ultralytics_bgr_and_returns_empty_arrays_at_image_size() -> None:
+    fake = _FakeModel()
+    seg = YoloSegmenter(fake, [{"id": 1, "name": "whole"}], imgsz=64)
+    red = np.zeros((5, 7, 3), np.uint8)
+    red[..., 0] = 200  # pure red in RGB
+    (out,) = seg.predict([red], conf=0.5)
+    assert fake.sources[0][0, 0].tolist() == [0, 0, 200]  # ultralytics reads numpy arrays as BGR
+    assert fake.kwargs["retina_masks"] and fake.kwargs["imgsz"] == 64 and fake.kwargs["conf"] == 0.5
+    assert out["masks"].shape == (0, 5, 7) and out["masks"].dtype == bool
+    assert out["boxes"].shape == (0, 4) and out["labels"].dtype == np.int64
+    with pytest.raises(ValueError, match="uint8"):
+        seg.predict([red.astype(np.float32)])
+
+
+# ----------------------------------------------------------------------------------------------- export
+def test_export_polygons_read_back_by_ultralytics_match_coco_masks(toy: Path, tmp_path: Path) -> None:
+    from ultralytics.data.utils import verify_image_label
+
+    splits = {"train": (toy / "images", toy / "train.json"), "val": (toy / "images", toy / "val.json")}
+    data_yaml, categories = export_yolo_dataset(splits, tmp_path / "yolo")
+    text = data_yaml.read_text()
+    assert "train: [images/train]" in text and "val: images/val" in text
+    assert [c["name"] for c in categories] == [
+        c["name"] for c in json.loads((toy / "val.json").read_text())["categories"]
+    ]
+    gt = json.loads((toy / "val.json").read_text())
+    for info in gt["images"]:
+        anns = [a for a in gt["annotations"] if a["image_id"] == info["id"] and not a.get("iscrowd")]
+        image = tmp_path / "yolo" / "images" / "val" / info["file_name"]
+        label = (tmp_path / "yolo" / "labels" / "val" / info["file_name"]).with_suffix(".txt")
+        _, lb, shape, segments, *_ = verify_image_label((str(image), str(label), "", False, 2, 0, 0, False))
+        assert tuple(shape) == (info["height"], info["width"]) and len(segments) == len(anns) > 0
+        cat_index = {c["id"]: i for i, c in enumerate(gt["categories"])}
+        assert lb[:, 0].astype(int).tolist() == [cat_index[a["category_id"]] for a in anns]
+        for seg, ann in zip(segments, anns):
+            polygon = max(ann["segmentation"], key=len)  # toy objects have one polygon each
+            assert len(ann["segmentation"]) == 1
+            absolute = seg * np.array([info["width"], info["height"]], np.float32)
+            np.testing.assert_allclose(absolute, np.reshape(polygon, (-1, 2)), atol=1e-3)
+
+
+def test_export_converts_16bit_images_like_cytobench_and_checks_categories(tmp_path: Path) -> None:
+    images = tmp_path / "src"
+    grey = np.zeros((20, 24), np.uint16)
+    grey[5:15, 6:18] = 1000
+    write_image(images / "a.tif", grey, bit_depth=16)
+    ann = {
+        "id": 1,
+        "image_id": 1,
+        "category_id": 7,
+        "bbox": [6, 5, 12, 10],
+        "iscrowd": 0,
+        "area": 120.0,
+        "segmentation": [[6, 5, 18, 5, 18, 15, 6, 15]],
+    }
+    coco = {
+        "images": [{"id": 1, "file_name": "a.tif", "width": 24, "height": 20}],
+        "annotations": [ann],
+        "categories": [{"id": 7, "name": "whole"}],
+    }
+    (tmp_path / "t.json").write_text(json.dumps(coco))
+    other = {**coco, "categories": [{"id": 7, "name": "intact"}]}
+    (tmp_path / "v.json").write_text(json.dumps(other))
+    with pytest.raises(CorruptAnnotation, match="v.json"):
+        export_yolo_dataset(
+            {"train": (images, tmp_path / "t.json"), "val": (images, tmp_path / "v.json")}, tmp_path / "y"
+        )
+    (tmp_path / "v.json").write_text(json.dumps(coco))
+    export_yolo_dataset(
+        {"train": (images, tmp_path / "t.json"), "val": (images, tmp_path / "v.json")}, tmp_path / "y2"
+    )
+    png = tmp_path / "y2" / "images" / "train" / "a.png"
+    assert png.is_file() and not (tmp_path / "y2" / "images" / "train" / "a.tif").exists()
+    import cv2
+
+    written = cv2.imread(str(png), cv2.IMREAD_COLOR)[..., ::-1]
+    np.testing.assert_array_equal(written, to_uint8_rgb(read_image(images / "a.tif").array))
+    assert written.max() > 200  # real-range scaling, not OpenCV's 16 -> 8 bit shift (which gives 3)
+
+
+def test_scoring_glue_gives_ap_one_for_ground_truth_predictions(
+    toy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """score_checkpoint maps images, labels and masks correctly: perfect predictions score AP = 1."""
+    dataset = CocoDetectionDataset(toy / "images", toy / "val.json", with_masks=True)
+    truth = [dataset.load_raw(i)[1] for i in range(len(dataset))]
+    served: list[int] = []
+
+    class Perfect:
+        def predict(self, images: list[np.ndarray], **kwargs: Any) -> list[dict[str, np.ndarray]]:
+            out = []
+            for image in images:
+                t = truth[len(served)]
+                served.append(1)
+                assert image.shape == (*t["masks"].shape[1:], 3) and image.dtype == np.uint8
+                n = len(t["labels"])
+                out.append(
+                    {
+                        "boxes": t["boxes"],
+                        "scores": np.linspace(0.9, 0.5, n).astype(np.float32),
+                        "labels": t["labels"],
+                        "masks": t["masks"].astype(bool),
+                    }
+                )
+            return out
+
+    monkeypatch.setattr(yolo_module, "load_yolo_segmenter", lambda *a, **k: Perfect())
+    metrics = score_checkpoint(
+        Path("unused.pt"), (toy / "images", toy / "val.json"), CocoEvaluator(("bbox", "segm"))
+    )
+    assert len(served) == len(dataset)
+    assert metrics["coco/segm_AP"] == pytest.approx(1.0) and metrics["coco/bbox_AP"] == pytest.approx(1.0)
+
+
+# -------------------------------------------------------------------------------- training (one small run)
+@pytest.fixture(scope="module")
+def trained(toy: Path, no_network: list[str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """2 epochs of yolov8n-seg at 96 px, started from local weights that the test saves itself."""
+    from cytobench.train import run
+
+    base = tmp_path_factory.mktemp("yolo_run")
+    yolo_module.setup_ultralytics_offline(base / "cfg")
+    weights = base / "local_init.pt"
+    source = build_yolo_model("yolov8n-seg.yaml")
+    source.save(str(weights))
+    cfg = compose_config(
+        [
+            "model=yolov8_seg",
+            f"model.weights_path={weights}",
+            "model.imgsz=96",
+            "model.train_args.batch=3",
+            "model.train_args.workers=0",
+            "model.eval.conf=0.0001",
+            "trainer=smoke",
+            "trainer.monitor=coco/segm_AP",
+            "evaluator.iou_types=[bbox,segm]",
+            f"data.dir={toy}",
+            "data.prepare=null",
+        ],
+        base / "run",
+        base / "data",
+    )
+    result = run(cfg)
+    return {
+        "run_dir": base / "run",
+        "result": result,
+        "weights": weights,
+        "source": source,
+        "attempts": no_network,
+    }
+
+
+@pytest.mark.slow
+def test_training_run_offline_writes_the_run_folder_contract(trained: dict[str, Any]) -> None:
+    run_dir = trained["run_dir"]
+    assert trained["attempts"] == [], "ultralytics tried to reach the network"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epoch"] == 2 and [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert metrics["step"] == 2 * 2  # 6 training images in batches of 3
+    for entry in metrics["history"]:
+        for key in (
+            "train/seg_loss",
+            "train/box_loss",
+            "val/seg_loss",
+            "yolo/mask_mAP50",
+            "yolo/fitness",
+            "train/lr",
+        ):
+            assert np.isfinite(entry[key]), key
+    latest = metrics["latest"]
+    for key in (
+        "coco/segm_AP",
+        "coco/segm_AP50",
+        "coco/bbox_AP",
+        "yolo/mask_P",
+        "yolo/mask_R",
+        "yolo/mask_mAP50",
+        "yolo/mask_mAP50-95",
+    ):
+        assert 0.0 <= latest[key] <= 1.0, key
+    assert trained["result"] == latest["coco/segm_AP"]  # the sweeper's value is trainer.monitor
+    assert metrics["monitor"] == "yolo/fitness" and metrics["best"]["epoch"] in (1, 2)
+    assert metrics["best"]["checkpoint"] == str(run_dir / "checkpoints" / "best.pt")
+    assert (run_dir / "config.yaml").is_file()
+    csv_keys = {line.split(",")[1] for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]}
+    assert {"yolo/mask_mAP50", "train/seg_loss", "coco/segm_AP"} <= csv_keys
+    import ultralytics.utils
+
+    for font in yolo_module.FONT_NAMES:  # placed before training, so ultralytics never downloads them
+        assert (Path(ultralytics.utils.USER_CONFIG_DIR) / font).stat().st_size > 100_000
+
+
+@pytest.mark.slow
+def test_checkpoints_carry_metadata_and_predict_masks_at_image_size(
+    trained: dict[str, Any], toy: Path
+) -> None:
+    from ultralytics import YOLO
+
+    run_dir = trained["run_dir"]
+    for name in ("best", "last"):
+        meta = read_yolo_metadata(run_dir / "checkpoints" / f"{name}.pt")
+        assert [c["name"] for c in meta["categories"]] == ["cell", "debris"]
+        assert meta["imgsz"] == 96 and meta["model_config"]["backend"] == "ultralytics"
+        assert meta["data_config"]["dir"] == str(toy)
+    assert YOLO(str(run_dir / "checkpoints" / "best.pt")).task == "segment"  # still a plain ultralytics file
+    seg = load_yolo_segmenter(run_dir / "checkpoints" / "best.pt")
+    assert seg.categories == meta["categories"] and seg.imgsz == 96
+    rng = np.random.default_rng(0)
+    image = to_uint8_rgb(read_image(toy / "images" / "toy_00007.png").array)[:77, :90]  # odd size
+    noise = rng.integers(0, 255, (61, 83, 3), dtype=np.uint8)
+    preds = seg.predict([image, noise], conf=0.0001)
+    for pred, shape in zip(preds, [(77, 90), (61, 83)]):
+        n = len(pred["scores"])
+        assert pred["masks"].shape == (n, *shape) and pred["masks"].dtype == bool
+        assert pred["boxes"].shape == (n, 4) and pred["boxes"].dtype == np.float32
+        assert set(pred["labels"].tolist()) <= {1, 2}
+        assert np.all(pred["boxes"][:, [0, 2]] <= shape[1] + 1e-3) and np.all(
+            pred["boxes"][:, [1, 3]] <= shape[0] + 1e-3
+        )
+    assert len(preds[0]["scores"]) > 0
+
+
+@pytest.mark.slow
+def test_local_weights_are_loaded_without_network(trained: dict[str, Any]) -> None:
+    model = build_yolo_model("ignored.yaml", weights_path=trained["weights"])
+    loaded = model.model.state_dict()
+    saved = trained["source"].model.state_dict()
+    for key, value in saved.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(loaded[key].float(), value.half().float(), rtol=0, atol=0)
+    assert trained["attempts"] == []
