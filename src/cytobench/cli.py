@@ -152,6 +152,31 @@ def _cmd_simulate_metaphase(args: argparse.Namespace) -> None:
     print(f"simulated {args.n} metaphase spreads into {args.out} ({out})")
 
 
+def _cmd_simulate_fish(args: argparse.Namespace) -> None:
+    from cytobench.simulate.fish import parse_mix, simulate_fish
+
+    size = args.size[0] if len(args.size) == 1 else tuple(args.size)
+    try:
+        if len(args.size) > 2:
+            raise ValueError(f"--size takes one value (square) or two (W H), got {len(args.size)}")
+        parsed = [parse_mix(text) for text in args.mix or []]
+        samples = {name or f"S{k + 1}": mix for k, (name, mix) in enumerate(parsed)} or None
+        if samples is not None and len(samples) != len(parsed):
+            raise ValueError("--mix: two samples have the same name")
+        out = simulate_fish(
+            args.n,
+            args.out,
+            size=size,
+            seed=args.seed,
+            val_fraction=args.val_fraction,
+            samples=samples,
+            pixel_size_um=args.pixel_size,
+        )
+    except ValueError as err:
+        raise CytobenchError(f"simulate fish: {err}") from None
+    print(f"simulated {args.n} interphase-FISH images into {args.out} ({out})")
+
+
 # ------------------------------------------------------------------------------------------------ fish
 def _cmd_fish_analyze(args: argparse.Namespace) -> None:
     from cytobench.fish.command import run_analyze
@@ -239,6 +264,24 @@ def build_parser() -> argparse.ArgumentParser:
     meta.add_argument("--seed", type=int, default=0)
     meta.add_argument("--out", required=True)
     meta.set_defaults(func=_cmd_simulate_metaphase)
+
+    fsim = sim_sub.add_parser(
+        "fish", help="interphase-FISH images (DAPI nuclei, chr21 / X probe signals) with per-nucleus truth"
+    )
+    fsim.add_argument("--n", type=int, required=True, help="number of images")
+    fsim.add_argument("--size", type=int, nargs="+", default=[512], metavar="PX", help="S (square) or W H")
+    fsim.add_argument("--seed", type=int, default=0)
+    fsim.add_argument("--val-fraction", type=float, help="write train.json + val.json (last images = val)")
+    fsim.add_argument(
+        "--mix",
+        action="append",
+        metavar="[NAME:]K=P,...",
+        help="karyotype mix of one sample, e.g. normal=0.87,trisomy21=0.08,monosomyX=0.05; repeat for "
+        "several samples (images alternate between them)",
+    )
+    fsim.add_argument("--pixel-size", type=float, help="pixel size in um (default 0.15; nuclei are 10 um)")
+    fsim.add_argument("--out", required=True)
+    fsim.set_defaults(func=_cmd_simulate_fish)
 
     from cytobench.fish.command import add_analyze_arguments
 
