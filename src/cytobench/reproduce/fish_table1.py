@@ -173,7 +173,7 @@ def simulate_test_set(data_config: Mapping[str, Any], n_images: int, seed: int, 
     kwargs = {
         k: v
         for k, v in prepare.items()
-        if k not in ("_target_", "out_dir", "n_images", "seed", "val_fraction")
+        if not k.startswith("_") and k not in ("out_dir", "n_images", "seed", "val_fraction")
     }
     train_seed = prepare.get("seed", data_config.get("sim_seed"))
     if train_seed is not None and int(train_seed) == int(seed):
