@@ -13,9 +13,12 @@ from typing import Any
 
 REPRODUCTIONS: dict[str, str] = {
     "qd/table1": "cytobench.reproduce.qd_table1:run",
+    "deepace/table2": "cytobench.reproduce.deepace_test:table2",
+    "deepace/table5": "cytobench.reproduce.deepace_test:table5",
     "deepace/table6": "cytobench.reproduce.deepace_tables:table6",
     "deepace/table7": "cytobench.reproduce.deepace_tables:table7",
     "deepace/table10": "cytobench.reproduce.deepace_tables:table10",
+    "fish/table1": "cytobench.reproduce.fish_table1:run",
 }
 
 
