@@ -88,7 +88,7 @@ def test_signals_lie_inside_their_nucleus_away_from_borders_and_neighbours(fish:
                     if other is not ann:
                         assert cv2.pointPolygonTest(_polygon(other), (s["x"], s["y"]), True) < -3.0
                 n_signals += 1
-            for channel in ("red", "green"):  # copies of one probe stay apart (max(8 sigma, 0.2 D))
+            for channel in ("red", "green"):  # copies of one probe stay 1 um (6.7 px) apart
                 pts = signal_points([ann], channel)
                 d = np.hypot(*(pts[:, None] - pts[None]).transpose(2, 0, 1))
                 assert (d[np.triu_indices(len(pts), 1)] >= 6.6).all()

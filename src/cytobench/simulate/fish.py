@@ -17,17 +17,20 @@ Model (:mod:`cytobench.simulate.fish_render` draws it; every knob is a field of
   up to 15 % of their radii; the others keep apart. Nuclei lie fully inside the image.
 * **Signals.** Each whole nucleus draws a karyotype from its sample's mix; the karyotype's copy numbers
   (:data:`KARYOTYPES`: normal female 2 red / 2 green, trisomy 21 3/2, monosomy X 2/1, ...) give its probe
-  dots, placed inside the nucleus away from its border and from other nuclei, copies of one probe at
-  least ``max(8 sigma, 0.2 D)`` apart. The paper notes that a chromosome "can look like single dots or
-  double dots": 25 % of copies are drawn as a **close doublet** (two sister-chromatid dots 2-3 dot sigmas
-  apart). Following the usual FISH scoring rule (a split signal closer than about one signal diameter is
-  one signal), **a doublet counts as one copy**; its truth point is the doublet's midpoint.
+  dots (dot sigma 0.25 um, about 1.7 px), placed uniformly inside the nucleus at least ``0.08 D`` from its
+  border and away from other nuclei; copies of one probe are at least 1 um apart, so copies that fall
+  close by chance can merge for a detector, as overlapping signals do in real preparations. The paper
+  notes that a chromosome "can look like single dots or double dots": 25 % of copies are drawn as a
+  **close doublet** (two sister-chromatid dots 1.8-2.8 dot sigmas apart). Following the usual FISH
+  scoring rule (a split signal closer than about one signal diameter is one signal), **a doublet counts
+  as one copy**; its truth point is the doublet's midpoint. Copy brightness varies x0.5-1.2, so a few dim
+  copies fall below a detector's threshold.
 * **Confounders.** Stray probe dots on half of the destroyed nuclei (recorded, not countable), faint
   speckles outside nuclei, non-specific probe haze inside nuclei, background autofluorescence with a
   smooth gradient, per-image and per-nucleus brightness.
-* **Optics and noise.** Gaussian PSF (0.08-0.15 um), Poisson shot noise (150-400 photons at full scale)
-  and Gaussian read noise. Probe dots peak at roughly 100-255 of 255 and the nuclear haze at 10-35, so the
-  paper's binarisation threshold T = 80 separates them as on its 8-bit images.
+* **Optics and noise.** Gaussian PSF (0.08-0.15 um), Poisson shot noise (200-500 photons at full scale)
+  and Gaussian read noise. Most probe dots peak at 100-255 of 255 and the nuclear haze stays near 10-30,
+  so the paper's binarisation threshold T = 80 separates them as on its 8-bit images.
 
 Truth (COCO, polygons in pixel coordinates, pixel centres at ``j + 0.5``): categories 1 ``"whole"`` and 2
 ``"destroyed"`` (supercategory ``"nucleus"``); each nucleus has ``segmentation`` (one polygon), ``bbox``,

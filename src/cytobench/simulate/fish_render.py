@@ -40,6 +40,10 @@ class FishParams:
         doublet_separation: centre distance of a doublet's dots in units of the dot sigma.
         signal_sigma_um: Gaussian sigma of one probe dot before the optics.
         signal_level: peak amplitude range of a probe dot (0-1 scale), per image and channel.
+        copy_brightness: per-copy factor on the dot amplitude (dim copies may fall below a detector's
+            threshold, as weakly hybridised probes do).
+        signal_separation_um: least distance between two copies of one probe in a nucleus (copies placed
+            by chance this close may merge for a detector, as overlapping signals do in real preparations).
         signal_loss: probability that a probe copy fails to hybridise and is not drawn (the annotation's
             ``n_red`` / ``n_green`` count drawn copies; the karyotype keeps the true copy number).
         dapi_level: DAPI intensity range of nuclei, per image.
@@ -61,6 +65,8 @@ class FishParams:
     doublet_separation: tuple[float, float] = (1.8, 2.8)
     signal_sigma_um: float = 0.25
     signal_level: tuple[float, float] = (0.5, 0.95)
+    copy_brightness: tuple[float, float] = (0.5, 1.2)
+    signal_separation_um: float = 1.0
     signal_loss: float = 0.0
     dapi_level: tuple[float, float] = (0.45, 0.8)
     haze_level: tuple[float, float] = (0.03, 0.08)
@@ -350,11 +356,11 @@ def _draw_signals(
                 _add_dot(probes[channel], x, y, sigma, levels[channel] * brightness * rng.uniform(0.5, 1.0))
                 nuc.stray.append((channel, x, y))
         return
-    min_sep = max(8.0 * sigma, 0.2 * diameter)
+    min_sep = max(params.signal_separation_um * diameter / params.nucleus_diameter_um, 3.0 * sigma)
     for channel in CHANNELS:
         n = sum(rng.random() >= params.signal_loss for _ in range(nuc.copies[channel]))
         for x, y in _place_signals(rng, allowed, x0, y0, n, min_sep):
-            amp = levels[channel] * brightness * rng.uniform(0.7, 1.2)
+            amp = levels[channel] * brightness * _u(rng, params.copy_brightness)
             s = sigma * rng.uniform(0.85, 1.2)
             if rng.random() < params.doublet_fraction:
                 d = 0.5 * s * _u(rng, params.doublet_separation)
