@@ -15,11 +15,18 @@ Two estimates are offered:
   guaranteed >= 95% coverage matters more than width).
 * **corrected** (with a :class:`ConfusionMatrix` ``P(observed pattern | true karyotype)`` measured on
   simulated nuclei whose truth is known): the maximum-likelihood karyotype mix ``p`` of the multinomial
-  model ``observed ~ Multinomial(N, p @ M)``, found by EM on the simplex. Its interval is a parametric
-  bootstrap that redraws both the sample's pattern counts (from the fitted model) and the confusion matrix
-  rows (from their own calibration counts), so the finite calibration set widens the interval too.
-  Spot detection misses and splits signals (a normal cell with one missed green dot looks like X monosomy),
-  so the plain estimate is biased whenever detection is imperfect; the corrected one is not.
+  model ``observed ~ Multinomial(N, p @ M)``, found by EM on the simplex. Its interval is a percentile
+  parametric bootstrap that redraws both the sample's pattern counts (from the fitted model) and the
+  confusion matrix rows (from their own calibration counts), so a finite calibration set widens the interval
+  too. Replicates are drawn from slightly smoothed models (half a nucleus added per karyotype, 1/P of a
+  count per calibration pattern) so that a level estimated at exactly 0 still gets a non-degenerate upper
+  bound. Spot detection misses and splits signals (a normal cell with one missed green dot looks like X
+  monosomy), so the plain estimate is biased whenever detection is imperfect; the corrected one is not.
+
+  Coverage is close to but below nominal when a level is small and confounded with a detection error (the
+  constrained MLE is then biased away from 0): on simulated counts with a 10% per-signal miss rate, 500
+  nuclei and 300 calibration nuclei per karyotype, the 95% intervals of an 87/8/5% mix covered the truth in
+  about 90-94% of repeats (``tests/unit/test_mosaicism.py`` has the set-up).
 """
 
 from __future__ import annotations
@@ -28,12 +35,19 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from scipy import stats as _sps
 
 from cytobench.errors import BadInputError
+from cytobench.fish.intervals import (
+    IntervalMethod,
+    clopper_pearson_interval,
+    proportion_interval,
+    wilson_interval,
+)
+
+_ZERO = 1e-6  # EM converges slowly to the boundary: fractions below this are zero
 
 __all__ = [
     "KARYOTYPE_PATTERNS",
@@ -51,73 +65,8 @@ __all__ = [
     "wilson_interval",
 ]
 
-IntervalMethod = Literal["wilson", "clopper-pearson"]
-
 #: Expected ``(n_red, n_green)`` per karyotype (chr21 probe in red, X probe in green), normal female 2/2.
 KARYOTYPE_PATTERNS: dict[str, tuple[int, int]] = {"normal": (2, 2), "trisomy21": (3, 2), "monosomyX": (2, 1)}
-
-
-# ------------------------------------------------------------------------------------ binomial intervals
-def wilson_interval(
-    k: np.ndarray | int, n: np.ndarray | int, confidence: float = 0.95
-) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval for a binomial proportion ``k / n``.
-
-    ``(p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)`` with ``z`` the two-sided normal quantile.
-    At ``k = 0`` the lower bound is exactly 0, at ``k = n`` the upper bound is exactly 1.
-
-    Args:
-        k: successes, scalar or array (broadcast with ``n``).
-        n: trials (> 0).
-        confidence: two-sided level, e.g. 0.95.
-
-    Returns:
-        ``(lower, upper)`` float64 arrays of the broadcast shape (0-d for scalars); NaN where ``n == 0``.
-    """
-    k_arr, n_arr = np.broadcast_arrays(np.asarray(k, np.float64), np.asarray(n, np.float64))
-    z = float(_sps.norm.ppf(0.5 + confidence / 2.0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = k_arr / n_arr
-        denom = 1.0 + z * z / n_arr
-        centre = (p + z * z / (2.0 * n_arr)) / denom
-        half = z * np.sqrt(p * (1.0 - p) / n_arr + z * z / (4.0 * n_arr * n_arr)) / denom
-    lower = np.where(k_arr <= 0, 0.0, np.clip(centre - half, 0.0, 1.0))
-    upper = np.where(k_arr >= n_arr, 1.0, np.clip(centre + half, 0.0, 1.0))
-    empty = n_arr <= 0
-    return np.where(empty, np.nan, lower), np.where(empty, np.nan, upper)
-
-
-def clopper_pearson_interval(
-    k: np.ndarray | int, n: np.ndarray | int, confidence: float = 0.95
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact (Clopper-Pearson) interval from Beta quantiles; coverage >= ``confidence`` for every p.
-
-    Args:
-        k: successes, scalar or array.
-        n: trials (> 0).
-        confidence: two-sided level.
-
-    Returns:
-        ``(lower, upper)`` float64 arrays; lower is 0 at ``k = 0``, upper is 1 at ``k = n``; NaN at ``n = 0``.
-    """
-    k_arr, n_arr = np.broadcast_arrays(np.asarray(k, np.float64), np.asarray(n, np.float64))
-    alpha = 1.0 - confidence
-    with np.errstate(invalid="ignore"):
-        lower = np.where(k_arr <= 0, 0.0, _sps.beta.ppf(alpha / 2.0, k_arr, n_arr - k_arr + 1.0))
-        upper = np.where(k_arr >= n_arr, 1.0, _sps.beta.ppf(1.0 - alpha / 2.0, k_arr + 1.0, n_arr - k_arr))
-    empty = n_arr <= 0
-    return np.where(empty, np.nan, lower), np.where(empty, np.nan, upper)
-
-
-def proportion_interval(
-    k: np.ndarray | int, n: np.ndarray | int, confidence: float = 0.95, method: IntervalMethod = "wilson"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Binomial interval by name: ``"wilson"`` (default) or ``"clopper-pearson"``."""
-    if method == "wilson":
-        return wilson_interval(k, n, confidence)
-    if method == "clopper-pearson":
-        return clopper_pearson_interval(k, n, confidence)
-    raise ValueError(f"unknown interval method {method!r} (wilson, clopper-pearson)")
 
 
 # ------------------------------------------------------------------------------------------ patterns
@@ -437,16 +386,24 @@ def _corrected(
     n = int(observed.sum())
     names = confusion.karyotypes
     p_hat = unmix_patterns(observed, probs)
+    p_hat = np.where(p_hat < _ZERO, 0.0, p_hat)
     rng = np.random.default_rng(seed)
     row_totals = confusion.counts.sum(axis=1)
+    # replicate data come from slightly smoothed models (half a nucleus per karyotype, 1/P of a count per
+    # calibration pattern seen), so that a class or pattern estimated at exactly zero can still appear
+    smooth = confusion.counts + np.where(seen, 1.0 / max(int(seen.sum()), 1), 0.0)
+    smooth = smooth / smooth.sum(axis=1, keepdims=True)
     boot_m = np.stack(
-        [rng.multinomial(t, row, size=n_boot) / max(t, 1) for t, row in zip(row_totals, probs)], axis=1
+        [rng.multinomial(t, row, size=n_boot) / max(t, 1) for t, row in zip(row_totals, smooth)], axis=1
     )  # (B, K, P)
-    q_hat = p_hat @ probs
-    boot_obs = rng.multinomial(n, q_hat / q_hat.sum(), size=n_boot) if n else np.zeros((n_boot, len(q_hat)))
+    p_gen = (n * p_hat + 0.5) / (n + 0.5 * len(p_hat))
+    q_gen = p_gen @ smooth
+    boot_obs = rng.multinomial(n, q_gen / q_gen.sum(), size=n_boot) if n else np.zeros((n_boot, len(q_gen)))
     boot_p = unmix_patterns(boot_obs, boot_m, n_iter=1000, tol=1e-8)
+    boot_p = np.where(boot_p < _ZERO, 0.0, boot_p)
     alpha = 1.0 - confidence
     lower, upper = np.quantile(boot_p, [alpha / 2.0, 1.0 - alpha / 2.0], axis=0)
+    lower, upper = np.minimum(lower, p_hat), np.maximum(upper, p_hat)
     levels = [
         KaryotypeLevel(name, float(p_hat[i]), float(lower[i]), float(upper[i]), plain.get(name, 0))
         for i, name in enumerate(names)
