@@ -179,6 +179,13 @@ def test_mr_fppi_curve_by_hand() -> None:
     np.testing.assert_allclose(mr, [0.5, 0.5, 0.5])
 
 
+def test_table5_pairs_fall_back_without_eg() -> None:
+    rows = {r: {} for r, _, _ in deepace_test.ROWS}
+    assert deepace_test.table5_pairs(rows) == deepace_test.TABLE5_ROWS
+    del rows["DeepACEv2 (HNAS+TNRL+TM[EG])"], rows["Faster R-CNN (ResNet-101+FPN)"]
+    assert deepace_test.table5_pairs(rows) == {"DeepACEv2": "DeepACEv2 (HNAS+TNRL+TM[SOFT])"}
+
+
 def test_pick_examples_prefers_images_the_second_model_fixes() -> None:
     box = np.array([[0, 0, 10, 10]], float)
     targets = [{"boxes": box}] * 3
@@ -225,6 +232,7 @@ def test_table2_and_table5_end_to_end(
         assert (out / name).is_file(), name
     t5 = json.loads((out / "table5.json").read_text())
     assert set(t5["rows"]) == set(deepace_test.TABLE5_ROWS.values())
+    assert t5["paper_rows"] == deepace_test.TABLE5_ROWS
     assert (
         t5["rows"]["Faster R-CNN (ResNet-101+FPN)"]["enum/overlap_n"]
         == rows[deepace_test.ROWS[0][0]]["enum/overlap_n"]
@@ -266,3 +274,29 @@ def test_baseline_experiments_smoke_train(name: str, tmp_path: Path, data_dir: P
         ckpt["model_config"]["postprocess"] == cfg.model.postprocess and not ckpt["model_config"]["template"]
     )
     assert "enum/wcr" in json.loads((tmp_path / "metrics.json").read_text())["latest"]
+
+
+def test_cli_bad_checkpoints_are_one_line_errors(tiny: dict[str, Path], tmp_path: Path, capsys) -> None:
+    from cytobench.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", "deepace/table2", "--deepace", str(tmp_path / "none.pt"), "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert (
+        capsys.readouterr().err.strip() == f"BadInputError: {tmp_path / 'none.pt'}: checkpoint file not found"
+    )
+    foreign = save_atomic({"model": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "reproduce",
+                "deepace/table5",
+                "--deepace",
+                str(tiny["deepace"]),
+                "--baseline",
+                str(foreign),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+    assert "foreign.pt: not a cytobench training checkpoint" in capsys.readouterr().err
