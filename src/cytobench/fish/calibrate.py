@@ -58,11 +58,16 @@ def match_nuclei(pred: np.ndarray, truth: np.ndarray, iou_thr: float = 0.5) -> l
     """
     if len(pred) == 0 or len(truth) == 0:
         return []
-    p = pred.reshape(len(pred), -1).astype(np.float32)
-    t = truth.reshape(len(truth), -1).astype(np.float32)
-    inter = p @ t.T
-    union = p.sum(1)[:, None] + t.sum(1)[None, :] - inter
-    iou = inter / np.maximum(union, 1.0)
+    boxes_p, boxes_t = _mask_boxes(pred), _mask_boxes(truth)
+    iou = np.zeros((len(pred), len(truth)))
+    for i, (py0, py1, px0, px1) in enumerate(boxes_p):
+        for j, (ty0, ty1, tx0, tx1) in enumerate(boxes_t):
+            y0, y1, x0, x1 = max(py0, ty0), min(py1, ty1), max(px0, tx0), min(px1, tx1)
+            if y0 >= y1 or x0 >= x1:
+                continue
+            inter = np.count_nonzero(pred[i, y0:y1, x0:x1] & truth[j, y0:y1, x0:x1])
+            union = np.count_nonzero(pred[i]) + np.count_nonzero(truth[j]) - inter
+            iou[i, j] = inter / max(union, 1)
     pairs, used_p, used_t = [], set(), set()
     for flat in np.argsort(-iou, axis=None):
         i, j = divmod(int(flat), iou.shape[1])
@@ -73,6 +78,15 @@ def match_nuclei(pred: np.ndarray, truth: np.ndarray, iou_thr: float = 0.5) -> l
             used_p.add(i)
             used_t.add(j)
     return pairs
+
+
+def _mask_boxes(masks: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """``(y0, y1, x0, x1)`` pixel extent (exclusive ends) of each ``(H, W)`` mask; empty masks get ``(0, 0, 0, 0)``."""
+    out = []
+    for mask in masks:
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        out.append((rows[0], rows[-1] + 1, cols[0], cols[-1] + 1) if rows.size else (0, 0, 0, 0))
+    return out
 
 
 def confusion_from_dataset(

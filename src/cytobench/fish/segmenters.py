@@ -158,15 +158,14 @@ def tile_windows(
 
     Returns:
         ``[((y0, y1, x0, x1), (core_y0, core_y1, core_x0, core_x1)), ...]``: window slices and its core
-        bounds in pixel coordinates; a core ends halfway through the overlap with the next window.
+        bounds in pixel coordinates; a core ends halfway through the overlap with the next window. Windows
+        are spread evenly, so neighbours overlap by at least ``overlap`` px.
     """
 
     def starts_and_cuts(n: int) -> tuple[list[int], list[float]]:
         size = min(tile, n)
-        step = max(1, size - overlap)
-        starts = list(range(0, max(n - size, 0) + 1, step))
-        if starts[-1] + size < n:
-            starts.append(n - size)
+        count = 1 if size >= n else int(np.ceil((n - overlap) / max(size - overlap, 1)))
+        starts = [int(round(v)) for v in np.linspace(0, n - size, count)]  # even overlaps >= ``overlap``
         cuts = [0.0] + [(b + a + size) / 2.0 for a, b in zip(starts[:-1], starts[1:])] + [float(n)]
         return starts, cuts
 
