@@ -227,8 +227,11 @@ def evaluate_checkpoint_modes(
     resolved = list(dict.fromkeys(own if m is None else m for m in modes))
     check_modes(model, resolved, checkpoint)
     targets, paths = load_test_data(ann_file, images_dir)
-    images = [read_image_tensor(p) for p in paths]
-    by_mode = predict_modes(model, images, resolved, dev, batch_size)
+    by_mode: dict[str, list[dict[str, Any]]] = {mode: [] for mode in resolved}
+    for start in range(0, len(paths), batch_size):  # images are read per batch (paper-scale sets are GBs)
+        images = [read_image_tensor(p) for p in paths[start : start + batch_size]]
+        for mode, predictions in predict_modes(model, images, resolved, dev, batch_size).items():
+            by_mode[mode].extend(predictions)
     result: dict[str, tuple[dict[str, float], list[dict[str, Any]]]] = {}
     for mode, predictions in by_mode.items():
         for target, pred in zip(targets, predictions):
