@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ def test_tiny_sweep_then_table10(tmp_path: Path, data_dir: Path) -> None:
         [
             "-m",
             "experiment=deepace_smoke",
-            "+ablation=hnas_tnrl_tm_soft,hnas_tnrl_tm_eg",
+            "+ablation=hnas_tnrl_tm",
             "seed=0,1",
             "trainer.max_epochs=1",
             f"hydra.sweep.dir={sweep}",
@@ -42,7 +43,16 @@ def test_tiny_sweep_then_table10(tmp_path: Path, data_dir: Path) -> None:
         data_dir,
         tmp_path,
     )
+    # two trained models (seeds); the table re-evaluates each under SOFT and EG: paired groups
     result = table10(type("Args", (), {"runs": [str(sweep)], "out": str(tmp_path / "t10.md")})())
     assert {g: v["enum/precision"]["n"] for g, v in result["groups"].items()} == {"w SOFT": 2, "w EG": 2}
     assert "enum/recall" in result["p_values"]["EG vs SOFT"]
+    assert set(result["p_values"]["EG vs SOFT (paired)"]) == {"enum/precision", "enum/recall"}
     assert (tmp_path / "t10.md").read_text().count("(ours, n=2)") == 2
+    caches = sorted(sweep.rglob("postprocess_metrics.json"))
+    assert len(caches) == 2  # one re-evaluation per trained run, reused by later tables
+    # the cached EG numbers are the run's own validation (same weights, same post-processing)
+    for cache in caches:
+        own = json.loads((cache.parent / "metrics.json").read_text())["latest"]
+        eg = json.loads(cache.read_text())["metrics"]["eg"]
+        assert eg["enum/f1"] == pytest.approx(own["enum/f1"], abs=1e-9)

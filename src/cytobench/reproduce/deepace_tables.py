@@ -4,19 +4,28 @@
     cytobench reproduce deepace/table6 --runs runs/deepace_ablation_multirun/<date>
 
 Each run is labelled by its model switches (HNAS, TNRL, TM, post-processing); repeats (seeds) are
-summarised as mean +- std, printed beside the paper's means, with the Welch t-test p-value of
-EG vs SOFT as the paper reports it. Values in percent like the paper.
+summarised as mean +- std, printed beside the paper's means. Values in percent like the paper.
+
+Post-processing does not change training, so a run with the Template branch is re-evaluated on its
+own validation set under NMS, Soft-NMS and EG-NMS (cached in ``<run>/postprocess_metrics.json``): one
+trained model per seed gives the TM, TM[SOFT] and TM[EG] rows. EG vs SOFT is then a paired
+comparison (same seed, same weights), reported with the paired t-test beside Welch's.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from cytobench.evaluation.stats import compare_groups, mean_std
+from cytobench.engine.hooks import write_json_atomic
+from cytobench.errors import BadInputError
+from cytobench.evaluation.stats import compare_groups, mean_std, paired_ttest
 from cytobench.reporting.tables import format_table
 from cytobench.reproduce.runs import Run, collect_runs, group_runs
 
@@ -56,6 +65,61 @@ def postprocess_label(run: Run) -> str | None:
 
 
 LABELS = {"table6": ablation_label, "table7": hnas_label, "table10": postprocess_label}
+POSTPROCESS_CACHE = "postprocess_metrics.json"
+
+
+def postprocess_metrics(run: Run, modes: Sequence[str], device: str = "cpu") -> dict[str, dict[str, float]]:
+    """Validation metrics of a run's ``best.pt`` under each post-processing (cached in the run folder)."""
+    from cytobench.reproduce.deepace_eval import evaluate_checkpoint_modes
+
+    checkpoint = run.path / "checkpoints" / "best.pt"
+    if not checkpoint.is_file():
+        raise BadInputError(run.path, "no checkpoints/best.pt to re-evaluate under other post-processings")
+    cache_file = run.path / POSTPROCESS_CACHE
+    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    if cache.get("checkpoint_mtime") != checkpoint.stat().st_mtime:
+        cache = {"checkpoint_mtime": checkpoint.stat().st_mtime, "metrics": {}}
+    missing = [m for m in modes if m not in cache["metrics"]]
+    if missing:
+        data_dir = Path(run.config["data"]["dir"])
+        evaluator = {k: v for k, v in (run.config.get("evaluator") or {}).items() if not k.startswith("_")}
+        results = evaluate_checkpoint_modes(
+            checkpoint, data_dir / "val.json", data_dir / "images", missing, device, evaluator
+        )
+        cache["metrics"].update({mode: metrics for mode, (metrics, _) in results.items()})
+        write_json_atomic(cache_file, cache)
+    return {mode: cache["metrics"][mode] for mode in modes}
+
+
+def expand_postprocess(
+    runs: Sequence[Run], modes: Sequence[str] = ("nms", "soft", "eg"), device: str = "cpu"
+) -> list[Run]:
+    """Each run with the Template branch becomes one run per post-processing; others are kept as they are."""
+    out: list[Run] = []
+    for run in runs:
+        if not (run.config.get("model") or {}).get("template"):
+            out.append(run)
+            continue
+        for mode, metrics in postprocess_metrics(run, modes, device).items():
+            config = copy.deepcopy(run.config)
+            config["model"]["postprocess"] = mode
+            out.append(Run(run.path, config, metrics))
+    return out
+
+
+def paired_p_values(a: Sequence[Run], b: Sequence[Run], keys: Sequence[str]) -> dict[str, float] | None:
+    """Paired t-test p-values when both groups hold the same trained runs (matched by folder), else None."""
+    by_path = {run.path: run for run in b}
+    if len(a) != len(b) or set(by_path) != {run.path for run in a}:
+        return None
+    pairs = [(run, by_path[run.path]) for run in a]
+    return {
+        k: paired_ttest(
+            [x.metrics.get(k, float("nan")) for x, _ in pairs],
+            [y.metrics.get(k, float("nan")) for _, y in pairs],
+        )
+        for k in keys
+    }
 
 
 def build_table(name: str, runs: list[Run], paper: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -80,7 +144,11 @@ def build_table(name: str, runs: list[Run], paper: dict[str, Any]) -> tuple[str,
         if eg and soft:
             cmp = compare_groups([r.metrics for r in eg], [r.metrics for r in soft], keys)
             result["p_values"]["EG vs SOFT"] = {k: cmp[k]["p"] for k in keys}
-            rows.append(["EG vs SOFT p (ours)", *[f"{cmp[k]['p']:.3g}" for k in keys]])
+            rows.append(["EG vs SOFT p (ours, Welch)", *[f"{cmp[k]['p']:.3g}" for k in keys]])
+            paired = paired_p_values(eg, soft, keys)
+            if paired is not None:
+                result["p_values"]["EG vs SOFT (paired)"] = paired
+                rows.append(["EG vs SOFT p (ours, paired)", *[f"{paired[k]:.3g}" for k in keys]])
     for label, values in (spec.get("p_values") or {}).items():
         rows.append([f"{label} p (paper)", *[f"{v:g}" for v in values]])
     return format_table(["method", *columns], rows), result
@@ -89,11 +157,20 @@ def build_table(name: str, runs: list[Run], paper: dict[str, Any]) -> tuple[str,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", nargs="+", required=True, help="run or sweep folders to collect")
     parser.add_argument("--out", help="also write the markdown table here")
+    parser.add_argument(
+        "--no-reevaluate",
+        action="store_true",
+        help="use each run's own post-processing only (no NMS / SOFT / EG re-evaluation of Template runs)",
+    )
+    parser.add_argument("--device", default="cpu", help="device for the re-evaluation (cpu, cuda, auto)")
 
 
 def run_table(name: str, args: argparse.Namespace) -> dict[str, Any]:
     paper = yaml.safe_load(PAPER_FILE.read_text())
-    table, result = build_table(name, collect_runs(args.runs), paper)
+    runs = collect_runs(args.runs)
+    if not getattr(args, "no_reevaluate", False):
+        runs = expand_postprocess(runs, device=getattr(args, "device", "cpu"))
+    table, result = build_table(name, runs, paper)
     print(f"{paper[name]['caption']} (values in %)\n{table}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
