@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from cytobench.errors import BadInputError
+from cytobench.fish.corrected import unmix_patterns
 from cytobench.fish.mosaicism import (
     ConfusionMatrix,
     clopper_pearson_interval,
     estimate_mosaicism,
     measure_confusion,
     pattern_fractions,
-    unmix_patterns,
     wilson_interval,
 )
 
@@ -155,3 +155,37 @@ def test_corrected_interval_coverage_over_repeats() -> None:
             hits[name] += est.level(name).lower <= true <= est.level(name).upper
     for name, hit in hits.items():  # 95% nominal; 60 repeats give a binomial sd of 0.028
         assert hit / repeats >= 0.85, (name, hit)
+
+
+def test_image_clusters_widen_the_corrected_interval(tmp_path) -> None:
+    """Detection rates that vary per image (shared brightness) make counts overdispersed."""
+    names = {"normal": (2, 2), "trisomy21": (3, 2), "monosomyX": (2, 1)}
+    rng = np.random.default_rng(4)
+
+    def nuclei(n_images: int, mix: dict[str, float]) -> tuple[list, np.ndarray, np.ndarray, list]:
+        kinds, red, green, image = [], [], [], []
+        for i in range(n_images):
+            hit = rng.uniform(0.7, 1.0)  # this image's detection probability per signal
+            for k in rng.choice(list(mix), p=list(mix.values()), size=20):
+                kinds.append(k)
+                red.append(rng.binomial(names[k][0], hit))
+                green.append(rng.binomial(names[k][1], hit))
+                image.append(i)
+        return kinds, np.array(red), np.array(green), image
+
+    kinds, red, green, image = nuclei(20, {k: 1 / 3 for k in names})
+    confusion = measure_confusion(kinds, red, green, groups=image)
+    assert confusion.image_counts.shape == (20, 3, 25)
+    np.testing.assert_array_equal(confusion.image_counts.sum(axis=0), confusion.counts)
+    back = ConfusionMatrix.load(confusion.save(tmp_path / "c.json"))
+    np.testing.assert_array_equal(back.image_counts, confusion.image_counts)
+    _, r, g, img = nuclei(10, {"normal": 0.8, "trisomy21": 0.1, "monosomyX": 0.1})
+    flat = estimate_mosaicism(r, g, confusion=confusion, n_boot=400, seed=1)
+    clustered = estimate_mosaicism(r, g, confusion=confusion, n_boot=400, seed=1, groups=img)
+    assert clustered.interval.startswith("union of parametric and image-cluster")
+    for name in names:
+        a, b = flat.level(name), clustered.level(name)
+        assert a.fraction == b.fraction  # same point estimate
+        assert b.lower <= a.lower and b.upper >= a.upper  # the union is never narrower
+    width = sum(clustered.level(k).upper - clustered.level(k).lower for k in names)
+    assert width > 1.1 * sum(flat.level(k).upper - flat.level(k).lower for k in names)

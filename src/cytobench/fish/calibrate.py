@@ -110,6 +110,7 @@ def confusion_from_dataset(
     """
     truth_seg = TruthSegmenter(ann_file)
     true_k: list[str] = []
+    images: list[str] = []
     red: list[int] = []
     green: list[int] = []
     for file_name in truth_seg.truth:
@@ -127,12 +128,13 @@ def confusion_from_dataset(
             if names[t_idx] is None or counts[p_idx, 0] < 0:
                 continue
             true_k.append(str(names[t_idx]))
+            images.append(file_name)
             red.append(int(counts[p_idx, 0]))
             green.append(int(counts[p_idx, 1]))
     wanted = (
         list(karyotypes) if karyotypes is not None else [k for k in KARYOTYPE_PATTERNS if k in set(true_k)]
     )
-    matrix = measure_confusion(true_k, red, green, karyotypes=wanted, max_count=max_count)
+    matrix = measure_confusion(true_k, red, green, karyotypes=wanted, max_count=max_count, groups=images)
     matrix.source = {"ann_file": str(ann_file), "segmenter": getattr(segmenter, "name", "truth")}
     return matrix
 

@@ -47,8 +47,6 @@ from cytobench.fish.intervals import (
     wilson_interval,
 )
 
-_ZERO = 1e-6  # EM converges slowly to the boundary: fractions below this are zero
-
 __all__ = [
     "KARYOTYPE_PATTERNS",
     "ConfusionMatrix",
@@ -61,7 +59,6 @@ __all__ = [
     "pattern_fractions",
     "pattern_name",
     "proportion_interval",
-    "unmix_patterns",
     "wilson_interval",
 ]
 
@@ -146,12 +143,16 @@ class ConfusionMatrix:
         karyotypes: the true classes (rows), e.g. ``["normal", "trisomy21", "monosomyX"]``.
         counts: ``(K, P)`` int64 nuclei of true karyotype k observed with pattern index p.
         max_count: largest count kept per channel.
+        source: where the matrix was measured (free-form, saved with it).
+        image_counts: optional ``(I, K, P)`` counts per calibration image (their sum is ``counts``), used to
+            resample calibration images in the corrected interval.
     """
 
     karyotypes: list[str]
     counts: np.ndarray
     max_count: int = 4
     source: dict[str, Any] = field(default_factory=dict)
+    image_counts: np.ndarray | None = None
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -171,6 +172,7 @@ class ConfusionMatrix:
             "max_count": int(self.max_count),
             "counts": self.counts.astype(int).tolist(),
             "source": self.source,
+            "image_counts": None if self.image_counts is None else self.image_counts.astype(int).tolist(),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -187,6 +189,8 @@ class ConfusionMatrix:
             counts = np.asarray(data["counts"], dtype=np.int64)
             names = [str(k) for k in data["karyotypes"]]
             max_count = int(data.get("max_count", 4))
+            per_image = data.get("image_counts")
+            image_counts = None if per_image is None else np.asarray(per_image, dtype=np.int64)
         except FileNotFoundError:
             raise BadInputError(path, "file not found") from None
         except (ValueError, KeyError, TypeError) as err:
@@ -195,7 +199,9 @@ class ConfusionMatrix:
             raise BadInputError(
                 path, f"counts must be {len(names)} x {(max_count + 1) ** 2} non-negative integers"
             )
-        return cls(names, counts, max_count, dict(data.get("source", {})))
+        if image_counts is not None and (image_counts.ndim != 3 or image_counts.shape[1:] != counts.shape):
+            raise BadInputError(path, f"image_counts must be I x {counts.shape[0]} x {counts.shape[1]}")
+        return cls(names, counts, max_count, dict(data.get("source", {})), image_counts)
 
 
 def measure_confusion(
@@ -204,6 +210,7 @@ def measure_confusion(
     n_green: Sequence[int] | np.ndarray,
     karyotypes: Sequence[str] | None = None,
     max_count: int = 4,
+    groups: Sequence[Any] | np.ndarray | None = None,
 ) -> ConfusionMatrix:
     """Tabulate observed patterns per true karyotype (e.g. detector counts on simulated nuclei).
 
@@ -213,6 +220,7 @@ def measure_confusion(
         n_green: ``(N,)`` detected green signals.
         karyotypes: row order; default: the names present, in :data:`KARYOTYPE_PATTERNS` order first.
         max_count: counts above this are clipped.
+        groups: ``(N,)`` image of each nucleus; when given, per-image counts are kept too.
 
     Returns:
         The :class:`ConfusionMatrix`.
@@ -228,44 +236,19 @@ def measure_confusion(
         list(karyotypes), np.zeros((len(rows), (max_count + 1) ** 2), np.int64), max_count
     )
     cols = matrix.pattern_index(np.asarray(n_red), np.asarray(n_green))
-    for name, col in zip(truth, cols):
+    keys = list(groups) if groups is not None else [0] * len(truth)
+    images = {g: i for i, g in enumerate(dict.fromkeys(keys))}
+    per_image = np.zeros((len(images), *matrix.counts.shape), np.int64)
+    for name, col, key in zip(truth, cols, keys):
         if name in rows:
-            matrix.counts[rows[name], col] += 1
+            per_image[images[key], rows[name], col] += 1
+    matrix.counts = per_image.sum(axis=0)
+    if groups is not None:
+        matrix.image_counts = per_image
     return matrix
 
 
 # ------------------------------------------------------------------------------------------ estimates
-def unmix_patterns(
-    observed: np.ndarray, probabilities: np.ndarray, n_iter: int = 2000, tol: float = 1e-10
-) -> np.ndarray:
-    """Maximum-likelihood mix ``p`` of ``observed ~ Multinomial(N, p @ M)`` by EM on the simplex.
-
-    Args:
-        observed: ``(..., P)`` pattern counts (a leading batch axis fits several samples at once).
-        probabilities: ``(..., K, P)`` rows ``P(pattern | class)``, broadcast against ``observed``.
-        n_iter: maximum EM iterations.
-        tol: stop when no class fraction changes by more than this.
-
-    Returns:
-        ``(..., K)`` fractions summing to 1 (uniform when nothing is observed).
-    """
-    obs = np.asarray(observed, np.float64)
-    m = np.asarray(probabilities, np.float64)
-    total = obs.sum(axis=-1, keepdims=True)
-    k = m.shape[-2]
-    p = np.full((*np.broadcast_shapes(obs.shape[:-1], m.shape[:-2]), k), 1.0 / k)
-    share = obs / np.maximum(total, 1e-300)
-    for _ in range(n_iter):
-        q = np.einsum("...k,...kp->...p", p, m)
-        ratio = np.divide(share, q, out=np.zeros_like(q), where=q > 0)
-        new = p * np.einsum("...kp,...p->...k", m, ratio)
-        new /= np.maximum(new.sum(axis=-1, keepdims=True), 1e-300)
-        if np.max(np.abs(new - p)) < tol:
-            return new
-        p = new
-    return p
-
-
 @dataclass
 class KaryotypeLevel:
     """Estimated fraction of a sample's cells with one karyotype.
@@ -327,6 +310,7 @@ def estimate_mosaicism(
     method: IntervalMethod = "wilson",
     n_boot: int = 1000,
     seed: int = 0,
+    groups: Sequence[Any] | np.ndarray | None = None,
 ) -> MosaicismEstimate:
     """Mosaicism level (fraction of cells) per karyotype, plain or corrected for counting errors.
 
@@ -340,6 +324,8 @@ def estimate_mosaicism(
         method: binomial interval of the plain estimate (``"wilson"`` or ``"clopper-pearson"``).
         n_boot: bootstrap replicates of the corrected estimate.
         seed: seeds the bootstrap's ``numpy.random.Generator``.
+        groups: ``(N,)`` image (or slide) of each nucleus; with it the corrected interval also covers
+            image-to-image variation (see :mod:`cytobench.fish.corrected`).
 
     Returns:
         The :class:`MosaicismEstimate`.
@@ -364,57 +350,6 @@ def estimate_mosaicism(
         ]
         label = f"{method} {confidence:.0%}"
         return MosaicismEstimate(n, "plain", label, levels[:-1], levels[-1])
-    return _corrected(red, green, confusion, plain, confidence, n_boot, seed)
+    from cytobench.fish.corrected import corrected_estimate
 
-
-def _corrected(
-    red: np.ndarray,
-    green: np.ndarray,
-    confusion: ConfusionMatrix,
-    plain: dict[str, int],
-    confidence: float,
-    n_boot: int,
-    seed: int,
-) -> MosaicismEstimate:
-    """EM estimate + parametric bootstrap over sample and calibration counts (see the module docstring)."""
-    n_total = int(red.size)
-    probs = confusion.probabilities
-    seen = confusion.counts.sum(axis=0) > 0  # patterns that occurred in calibration
-    observed = np.bincount(confusion.pattern_index(red, green), minlength=probs.shape[1])
-    unexplained = int(observed[~seen].sum())
-    observed = np.where(seen, observed, 0)
-    n = int(observed.sum())
-    names = confusion.karyotypes
-    p_hat = unmix_patterns(observed, probs)
-    p_hat = np.where(p_hat < _ZERO, 0.0, p_hat)
-    rng = np.random.default_rng(seed)
-    row_totals = confusion.counts.sum(axis=1)
-    # replicate data come from slightly smoothed models (half a nucleus per karyotype, 1/P of a count per
-    # calibration pattern seen), so that a class or pattern estimated at exactly zero can still appear
-    smooth = confusion.counts + np.where(seen, 1.0 / max(int(seen.sum()), 1), 0.0)
-    smooth = smooth / smooth.sum(axis=1, keepdims=True)
-    boot_m = np.stack(
-        [rng.multinomial(t, row, size=n_boot) / max(t, 1) for t, row in zip(row_totals, smooth)], axis=1
-    )  # (B, K, P)
-    p_gen = (n * p_hat + 0.5) / (n + 0.5 * len(p_hat))
-    q_gen = p_gen @ smooth
-    boot_obs = rng.multinomial(n, q_gen / q_gen.sum(), size=n_boot) if n else np.zeros((n_boot, len(q_gen)))
-    boot_p = unmix_patterns(boot_obs, boot_m, n_iter=1000, tol=1e-8)
-    boot_p = np.where(boot_p < _ZERO, 0.0, boot_p)
-    alpha = 1.0 - confidence
-    lower, upper = np.quantile(boot_p, [alpha / 2.0, 1.0 - alpha / 2.0], axis=0)
-    lower, upper = np.minimum(lower, p_hat), np.maximum(upper, p_hat)
-    levels = [
-        KaryotypeLevel(name, float(p_hat[i]), float(lower[i]), float(upper[i]), plain.get(name, 0))
-        for i, name in enumerate(names)
-    ]
-    lo_u, hi_u = wilson_interval(unexplained, n_total, confidence)
-    other = KaryotypeLevel(
-        "unexplained",
-        unexplained / n_total if n_total else float("nan"),
-        float(lo_u),
-        float(hi_u),
-        unexplained,
-    )
-    label = f"parametric bootstrap {confidence:.0%} ({n_boot} replicates, sample + calibration counts)"
-    return MosaicismEstimate(n_total, "corrected", label, levels, other)
+    return corrected_estimate(red, green, confusion, plain, groups, confidence, n_boot, seed)

@@ -67,7 +67,13 @@ def build_report(
         }
         if confusion is not None:
             corrected = estimate_mosaicism(
-                red, green, confusion=confusion, confidence=confidence, n_boot=n_boot, seed=seed
+                red,
+                green,
+                confusion=confusion,
+                confidence=confidence,
+                n_boot=n_boot,
+                seed=seed,
+                groups=[r["image"] for r in whole],
             )
             entry["mosaicism"]["corrected"] = corrected.to_json()
         entry["patterns_shown"] = max_patterns
