@@ -42,7 +42,8 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="simulate N balanced images to measure the confusion matrix (written to OUT/confusion.json)",
+        help="simulate N balanced images to measure the confusion matrix (written to OUT/confusion.json); "
+        "about 100 keep its own uncertainty small",
     )
     parser.add_argument("--imgsz", type=int, help="yolo: inference size (default: the training size)")
     parser.add_argument("--conf", type=float, default=0.25, help="yolo: confidence threshold")
