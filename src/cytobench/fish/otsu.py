@@ -60,7 +60,8 @@ class OtsuSegmenter:
     ``d / 10``) separated from every higher centre by a neck shallower than ``saddle_ratio`` of their height,
     and each pixel goes to the centre minimising ``distance - inscribed radius`` (a watershed on the distance
     transform that needs no flooding).
-    A piece is *whole* when its solidity (pixels / pixels of its convex hull) is at least ``min_solidity``;
+    A piece is *whole* when its solidity (pixels / pixels of its convex hull) is at least ``min_solidity`` and
+    its area at least ``min_whole_area`` of the ``d`` disc;
     the other pieces and the fragments are debris, and debris closer than ``0.4 d`` is grouped into one
     destroyed nucleus whose mask is the convex hull of the group (the contour an annotator draws around a
     cluster).
@@ -71,6 +72,8 @@ class OtsuSegmenter:
         fragment_area: area fraction of the ``d`` disc below which a component is a fragment.
         min_solidity: solidity of a whole nucleus.
         saddle_ratio: neck depth (fraction of the lower centre's inscribed radius) separating two nuclei.
+        min_whole_area: smallest whole nucleus, as a fraction of the ``d`` disc (smaller solid pieces are
+            chunks of destroyed nuclei).
     """
 
     name = "otsu"
@@ -81,7 +84,9 @@ class OtsuSegmenter:
         fragment_area: float = 0.2,
         min_solidity: float = 0.9,
         saddle_ratio: float = 0.75,
+        min_whole_area: float = 0.5,
     ) -> None:
+        self.min_whole_area = min_whole_area
         self.nucleus_diameter_px = nucleus_diameter_px
         self.saddle_ratio = saddle_ratio
         self.fragment_area = fragment_area
@@ -138,7 +143,7 @@ class OtsuSegmenter:
             for piece in _assign_pieces(comp, sub, centres):
                 area = int(piece.sum())
                 solidity = area / max(int(_hull_mask(piece).sum()), 1)
-                if area < 0.1 * disc or solidity < self.min_solidity:
+                if area < self.min_whole_area * disc or solidity < self.min_solidity:
                     debris[sl] |= piece
                     continue
                 mask = np.zeros(labels.shape, bool)
