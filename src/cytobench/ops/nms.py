@@ -177,7 +177,7 @@ def _iou_py(a: list[float], b: list[float]) -> float:
 def embedding_guided_nms_reference(
     boxes: Tensor,
     scores: Tensor,
-    embeddings: Tensor,
+    embeddings: Tensor | None,
     sigma: float = 0.5,
     delta: float = 0.3,
     score_threshold: float = 0.0,
@@ -187,11 +187,12 @@ def embedding_guided_nms_reference(
     Plain Python floats throughout. Step 3's "sort B by score, take the first" is done as a linear
     scan for the first maximum over ``B`` kept in input order, which is what a stable sort would pick.
     Candidates whose decayed score drops below ``score_threshold`` are removed from ``B``.
+    With ``embeddings=None`` the decay exponent is 2: the same loop is Gaussian Soft-NMS.
 
     Args:
         boxes: (N, 4) xyxy boxes in absolute pixels.
         scores: (N,) non-negative float scores.
-        embeddings: (N,) or (N, D) embeddings.
+        embeddings: (N,) or (N, D) embeddings; None for Soft-NMS.
         sigma: Gaussian width.
         delta: embedding-distance threshold.
         score_threshold: drop threshold on decayed scores.
@@ -202,7 +203,10 @@ def embedding_guided_nms_reference(
     _check_inputs(boxes, scores, sigma, embeddings)
     b = boxes.tolist()
     s = scores.tolist()
-    e = [[v] for v in embeddings.tolist()] if embeddings.ndim == 1 else embeddings.tolist()
+    if embeddings is None:
+        e = None
+    else:
+        e = [[v] for v in embeddings.tolist()] if embeddings.ndim == 1 else embeddings.tolist()
     remaining = [i for i in range(len(b)) if s[i] >= score_threshold]
     keep: list[int] = []
     kept: list[float] = []
@@ -216,8 +220,10 @@ def embedding_guided_nms_reference(
         kept.append(s[m])
         survivors = []
         for i in remaining:
-            d = math.sqrt(sum((x - y) ** 2 for x, y in zip(e[m], e[i])))
-            decay_power = 1.5 + 1.0 / (1.0 + math.exp(-2.0 * (d - delta)))
+            decay_power = 2.0
+            if e is not None:
+                d = math.sqrt(sum((x - y) ** 2 for x, y in zip(e[m], e[i])))
+                decay_power = 1.5 + 1.0 / (1.0 + math.exp(-2.0 * (d - delta)))
             s[i] = s[i] * math.exp(-(_iou_py(b[m], b[i]) ** decay_power) / sigma)
             if s[i] >= score_threshold:
                 survivors.append(i)
