@@ -111,19 +111,28 @@ def export_yolo_dataset(
 
 
 def _make_yolo_readable(folder: Path) -> None:
-    """Replace exported images that OpenCV would read differently from cytobench by 8-bit RGB PNGs."""
+    """Replace exported images that OpenCV would read differently from cytobench by 8-bit RGB PNGs.
+
+    PNG / JPEG / BMP files in 8-bit grey, RGB or RGBA (checked from the header, without decoding) are
+    read alike by both; anything else (16-bit, palette, TIFF, CZI, ...) is converted with cytobench's
+    reader, i.e. scaled by its real range.
+    """
+    from PIL import Image
+
     from cytobench.io.images import read_image, write_image
 
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         if path.suffix.lower() in YOLO_READABLE:
-            data = read_image(path)
-            if data.bit_depth == 8 and (data.array.ndim == 2 or data.array.shape[2] in (1, 3)):
-                continue
-        else:
-            data = read_image(path)
+            try:
+                with Image.open(path) as im:
+                    if im.mode in ("L", "RGB", "RGBA"):
+                        continue
+            except OSError:
+                pass  # let cytobench's reader report the fault
         png = path.with_suffix(".png")
         if png != path and png.exists():
             raise BadInputError(path, f"{png.name} also exists; cannot convert to an 8-bit PNG for YOLO")
+        data = read_image(path)
         path.unlink()
         write_image(png, to_uint8_rgb(data.array))
 

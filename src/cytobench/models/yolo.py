@@ -279,7 +279,11 @@ def _result_to_prediction(result: Any, shape: tuple[int, int]) -> dict[str, np.n
             "labels": np.zeros(0, np.int64),
             "masks": np.zeros((0, height, width), bool),
         }
-    masks = result.masks.data.cpu().numpy() > 0.5 if result.masks is not None else None
+    masks = None
+    if result.masks is not None:
+        data = result.masks.data
+        # ultralytics' native-size masks are uint8 0/1: viewing them as bool costs no copy
+        masks = data.cpu().numpy().view(bool) if data.dtype == torch.uint8 else (data > 0.5).cpu().numpy()
     if masks is None or masks.shape[1:] != (height, width):
         import cv2
 
