@@ -19,7 +19,6 @@ folder.
 from __future__ import annotations
 
 import csv
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from cytobench.fish.mosaicism import ConfusionMatrix, IntervalMethod, pattern_na
 from cytobench.fish.overlay import draw_overlay
 from cytobench.fish.report import build_report, render_markdown
 from cytobench.fish.segmenters import WHOLE, Nuclei, Segmenter
+from cytobench.io.coco import write_json_atomic
 
 __all__ = ["CSV_COLUMNS", "AnalysisResult", "ImageCounts", "analyze_images", "count_signals"]
 
@@ -226,7 +226,7 @@ def analyze_images(
     report["timing"]["total_s"] = float(sum(report["timing"]["stages_s"].values()))
     total = report["timing"]["total_s"]
     report["timing"]["images_per_s"] = len(paths) / total if total > 0 else float("nan")
-    (out / "report.json").write_text(json.dumps(report, indent=1, default=_json_default) + "\n")
+    write_json_atomic(out / "report.json", report, indent=1)
     (out / "report.md").write_text(render_markdown(report))
     return AnalysisResult(rows, report, out)
 
@@ -248,13 +248,3 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
         for row in rows:
             writer.writerow({k: ("" if row[k] is None else row[k]) for k in CSV_COLUMNS})
     tmp.replace(path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)

@@ -27,11 +27,13 @@ __all__ = [
     "annotation_to_mask",
     "coco_to_targets",
     "encode_mask",
+    "json_default",
     "load_coco",
     "load_coco_results",
     "results_to_predictions",
     "save_coco",
     "save_coco_results",
+    "write_json_atomic",
     "xywh_to_xyxy",
 ]
 
@@ -144,12 +146,12 @@ def load_coco_results(path: str | Path, gt: dict[str, Any] | None = None) -> lis
 
 def save_coco(path: str | Path, data: dict[str, Any]) -> Path:
     """Write a COCO dataset dict atomically (temp file in the same folder, then ``os.replace``)."""
-    return _write_json_atomic(path, data)
+    return write_json_atomic(path, data)
 
 
 def save_coco_results(path: str | Path, results: Sequence[dict[str, Any]]) -> Path:
     """Write a COCO results list atomically (numpy scalars / arrays and bytes RLE counts are converted)."""
-    return _write_json_atomic(path, list(results))
+    return write_json_atomic(path, list(results))
 
 
 def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
@@ -408,7 +410,8 @@ def _stack_masks(masks: list[np.ndarray], height: int, width: int) -> np.ndarray
     return np.stack(masks).astype(np.uint8) if masks else np.zeros((0, height, width), dtype=np.uint8)
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """``json.dump`` fallback for NumPy scalars and arrays, bytes and paths."""
     if isinstance(value, np.integer):
         return int(value)
     if isinstance(value, np.floating):
@@ -422,13 +425,14 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to json")
 
 
-def _write_json_atomic(path: str | Path, data: Any) -> Path:
+def write_json_atomic(path: str | Path, data: Any, indent: int | None = None) -> Path:
+    """Write ``data`` as json through a temp file renamed into place (NumPy values become numbers)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, default=_json_default)
+            json.dump(data, fh, indent=indent, default=json_default)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
