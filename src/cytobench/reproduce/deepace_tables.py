@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -94,10 +95,17 @@ def postprocess_metrics(run: Run, modes: Sequence[str], device: str = "cpu") -> 
 def expand_postprocess(
     runs: Sequence[Run], modes: Sequence[str] = ("nms", "soft", "eg"), device: str = "cpu"
 ) -> list[Run]:
-    """Each run with the Template branch becomes one run per post-processing; others are kept as they are."""
+    """Each run with the Template branch becomes one run per post-processing; others (and runs whose
+    checkpoint is gone) are kept as they are."""
     out: list[Run] = []
     for run in runs:
         if not (run.config.get("model") or {}).get("template"):
+            out.append(run)
+            continue
+        if not (run.path / "checkpoints" / "best.pt").is_file():
+            print(
+                f"{run.path}: no checkpoints/best.pt, kept with its own post-processing only", file=sys.stderr
+            )
             out.append(run)
             continue
         for mode, metrics in postprocess_metrics(run, modes, device).items():
