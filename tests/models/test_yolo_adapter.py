@@ -362,3 +362,24 @@ def test_local_weights_are_loaded_without_network(trained: dict[str, Any]) -> No
         if value.is_floating_point():
             torch.testing.assert_close(loaded[key].float(), value.half().float(), rtol=0, atol=0)
     assert trained["attempts"] == []
+
+
+@pytest.mark.slow
+def test_cytobench_predict_and_eval_score_a_yolo_run_like_the_run_itself(
+    trained: dict[str, Any], toy: Path, tmp_path: Path
+) -> None:
+    from cytobench.cli import main as cli_main
+
+    run_dir = trained["run_dir"]
+    val = json.loads((toy / "val.json").read_text())
+    images = [str(toy / "images" / img["file_name"]) for img in val["images"]]
+    pred = tmp_path / "pred.json"
+    cli_main(["predict", "--checkpoint", str(run_dir / "checkpoints" / "best.pt"), "--images", *images,
+              "--gt", str(toy / "val.json"), "--out", str(pred), "--device", "cpu"])  # fmt: skip
+    results = json.loads(pred.read_text())
+    assert results and all("segmentation" in r and r["category_id"] in {1, 2} for r in results)
+    out = tmp_path / "metrics.json"
+    cli_main(["eval", "coco-segm", "--gt", str(toy / "val.json"), "--pred", str(pred), "--out", str(out)])
+    ours = json.loads(out.read_text())["coco/segm_AP"]
+    own = json.loads((run_dir / "metrics.json").read_text())["latest"]["coco/segm_AP"]
+    assert ours == pytest.approx(own, abs=1e-6)  # same weights, same evaluator, same answer

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from cytobench.engine.checkpoint import load_checkpoint
 from cytobench.engine.distributed import local_device
 from cytobench.errors import BadInputError
+from cytobench.io.coco import encode_mask
 
 
 def load_model_from_checkpoint(
@@ -32,12 +33,15 @@ def predictions_to_results(
     image_ids: Sequence[int],
     label_to_cat_id: dict[int, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """COCO results (bbox xywh, score, category_id, keypoints when predicted) from model predictions."""
+    """COCO results (bbox xywh, score, category_id; keypoints and RLE masks when predicted)."""
     results: list[dict[str, Any]] = []
     for image_id, pred in zip(image_ids, predictions):
         boxes = _np(pred["boxes"]).reshape(-1, 4)
         scores, labels = _np(pred["scores"]), _np(pred["labels"])
         keypoints = _np(pred["keypoints"]) if "keypoints" in pred else None
+        masks = _np(pred["masks"]) if "masks" in pred else None
+        if masks is not None and masks.ndim == 4:  # torchvision (N, 1, H, W) probabilities
+            masks = masks[:, 0] >= 0.5
         for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
             label = int(labels[i])
             item: dict[str, Any] = {
@@ -48,6 +52,8 @@ def predictions_to_results(
             }
             if keypoints is not None:
                 item["keypoints"] = keypoints[i].reshape(-1).tolist()
+            if masks is not None:
+                item["segmentation"] = encode_mask(masks[i])
             results.append(item)
     return results
 
@@ -63,14 +69,34 @@ def predict_images(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Predict on ``images``; returns (COCO results, COCO dataset dict listing the images and categories).
 
-    Images are numbered 1..N in the given order unless ``image_ids`` (e.g. a ground truth's ids) are given.
+    Works for checkpoints of the shared trainer and for YOLO runs (ultralytics weights carrying
+    cytobench's metadata, see :mod:`cytobench.models.yolo`); predicted masks become RLE
+    ``segmentation`` entries. Images are numbered 1..N in the given order unless ``image_ids`` (e.g. a
+    ground truth's ids) are given.
     """
     from cytobench.io.images import read_image_tensor
 
     dev = local_device(device)
-    model, ckpt = load_model_from_checkpoint(checkpoint, dev)
-    label_to_cat_id = {int(k): int(v) for k, v in (ckpt.get("label_to_cat_id") or {}).items()}
-    dataset: dict[str, Any] = {"images": [], "annotations": [], "categories": ckpt.get("categories", [])}
+    yolo = _yolo_metadata(checkpoint)
+    if yolo:
+        from cytobench.models.yolo import load_yolo_segmenter, to_uint8_rgb
+
+        segmenter = load_yolo_segmenter(checkpoint, device=str(dev))
+        label_to_cat_id, categories = segmenter.label_to_cat_id, list(segmenter.categories)
+
+        def model(tensors: list[torch.Tensor]) -> list[dict[str, Any]]:
+            images_rgb = [to_uint8_rgb(t.permute(1, 2, 0).numpy()) for t in tensors]
+            return segmenter.predict(images_rgb, conf=0.001, max_det=300)  # all candidates, for AP
+
+    else:
+        torch_model, ckpt = load_model_from_checkpoint(checkpoint, dev)
+        label_to_cat_id = {int(k): int(v) for k, v in (ckpt.get("label_to_cat_id") or {}).items()}
+        categories = ckpt.get("categories", [])
+
+        def model(tensors: list[torch.Tensor]) -> list[dict[str, Any]]:
+            return torch_model([t.to(dev) for t in tensors])
+
+    dataset: dict[str, Any] = {"images": [], "annotations": [], "categories": categories}
     results: list[dict[str, Any]] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
@@ -85,9 +111,22 @@ def predict_images(
             dataset["images"].append(
                 {"id": image_id, "file_name": path.name, "height": int(h), "width": int(w)}
             )
-        predictions = model([t.to(dev) for t in tensors])
-        results += predictions_to_results(predictions, ids, label_to_cat_id)
+        with torch.no_grad():
+            results += predictions_to_results(model(tensors), ids, label_to_cat_id)
     return results, dataset
+
+
+def _yolo_metadata(checkpoint: str | Path) -> dict[str, Any]:
+    """cytobench's metadata when ``checkpoint`` is a YOLO run's weights, else empty (a torch run)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ultralytics") is None:
+        return {}
+    from cytobench.models.yolo import CKPT_KEY, setup_ultralytics_offline
+
+    setup_ultralytics_offline()  # unpickling an ultralytics checkpoint imports ultralytics
+    ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    return dict(ckpt.get(CKPT_KEY) or {}) if "model_config" not in ckpt else {}
 
 
 def _np(value: Any) -> np.ndarray:
