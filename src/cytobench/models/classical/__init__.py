@@ -5,6 +5,9 @@ images and returns one prediction dict of NumPy arrays per image (``boxes`` (M, 
 xyxy, ``scores`` (M,), ``labels`` (M,) int64, ``keypoints`` (M, 1, 3) float32), positions in
 COCO pixel coordinates (pixel centres at ``j + 0.5``), ready for
 :class:`cytobench.evaluation.localization.LocalizationEvaluator`.
+
+The FISH signal detector (paper 000, Sec. 3.3, and a LoG option) works per nucleus rather than per
+frame and lives in :mod:`cytobench.models.classical.fish_spots`.
 """
 
 from __future__ import annotations
