@@ -79,14 +79,19 @@ def predict_images(
     dev = local_device(device)
     yolo = _yolo_metadata(checkpoint)
     if yolo:
+        from omegaconf import OmegaConf
+
+        from cytobench.engine.ultralytics_run import prediction_kwargs
         from cytobench.models.yolo import load_yolo_segmenter, to_uint8_rgb
 
         segmenter = load_yolo_segmenter(checkpoint, device=str(dev))
         label_to_cat_id, categories = segmenter.label_to_cat_id, list(segmenter.categories)
+        kwargs = prediction_kwargs(OmegaConf.create(yolo.get("model_config") or {"imgsz": segmenter.imgsz}))
+        kwargs.pop("batch_size")
 
         def model(tensors: list[torch.Tensor]) -> list[dict[str, Any]]:
             images_rgb = [to_uint8_rgb(t.permute(1, 2, 0).numpy()) for t in tensors]
-            return segmenter.predict(images_rgb, conf=0.001, max_det=300)  # all candidates, for AP
+            return segmenter.predict(images_rgb, **kwargs)  # as the run scored its val set
 
     else:
         torch_model, ckpt = load_model_from_checkpoint(checkpoint, dev)
@@ -117,16 +122,30 @@ def predict_images(
 
 
 def _yolo_metadata(checkpoint: str | Path) -> dict[str, Any]:
-    """cytobench's metadata when ``checkpoint`` is a YOLO run's weights, else empty (a torch run)."""
-    import importlib.util
+    """cytobench's metadata when ``checkpoint`` is a YOLO run's weights, else empty (a torch run).
 
-    if importlib.util.find_spec("ultralytics") is None:
+    ultralytics is imported only for files whose pickle names its modules: importing it patches
+    global state (PIL plugins, its logger), which torch-only runs should not inherit.
+    """
+    if not _pickle_mentions(checkpoint, b"ultralytics"):
         return {}
     from cytobench.models.yolo import CKPT_KEY, setup_ultralytics_offline
 
-    setup_ultralytics_offline()  # unpickling an ultralytics checkpoint imports ultralytics
+    setup_ultralytics_offline()  # before unpickling, which imports ultralytics
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     return dict(ckpt.get(CKPT_KEY) or {}) if "model_config" not in ckpt else {}
+
+
+def _pickle_mentions(checkpoint: str | Path, name: bytes) -> bool:
+    """Whether the pickle inside a torch zip checkpoint refers to ``name`` (read as bytes, nothing executed)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(checkpoint) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            return any(name in archive.read(n) for n in pickles)
+    except (OSError, zipfile.BadZipFile):
+        return False  # not a zip: load_checkpoint reports it
 
 
 def _np(value: Any) -> np.ndarray:

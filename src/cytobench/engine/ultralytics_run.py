@@ -279,7 +279,7 @@ def run_ultralytics(cfg: DictConfig, run_dir: Path) -> float | None:
             "time/train_cpu_s": time.process_time() - start_cpu,
         }
         evaluator = instantiate(cfg.evaluator)
-        coco = score_checkpoint(best, splits["val"], evaluator, device=device, **_eval_kwargs(mcfg))
+        coco = score_checkpoint(best, splits["val"], evaluator, device=device, **prediction_kwargs(mcfg))
         timing["time/eval_s"] = time.perf_counter() - start - timing["time/train_s"]
         latest = {**(recorder.final or {}), **coco, **timing}
         logger.log_metrics({"epoch": recorder.epoch, **latest}, recorder.step)
@@ -301,7 +301,8 @@ def run_ultralytics(cfg: DictConfig, run_dir: Path) -> float | None:
     return latest.get(tcfg.monitor) if tcfg.get("monitor") else None
 
 
-def _eval_kwargs(mcfg: DictConfig) -> dict[str, Any]:
+def prediction_kwargs(mcfg: DictConfig) -> dict[str, Any]:
+    """How a run predicts for scoring (``model.eval``): ``cytobench predict`` reuses it, so it scores alike."""
     ev = mcfg.get("eval") or {}
     return {
         "imgsz": int(ev.get("imgsz") or mcfg.imgsz),

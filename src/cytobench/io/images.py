@@ -206,12 +206,19 @@ def _short(err: BaseException) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+_OPENCV_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM")  # PNG, JPEG, BMP signatures
+
+
 def _read_raster(path: Path) -> np.ndarray:
     """Decode PNG / JPEG / BMP (and other OpenCV / Pillow formats) to ``(H, W, C)`` raw data, RGB order."""
     import cv2
 
     raw = np.fromfile(path, dtype=np.uint8)
     image = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
+    if image is None and bytes(raw[:8]).startswith(_OPENCV_MAGIC):
+        # OpenCV owns these formats: a failure means corrupt data (and Pillow's plugins, which other
+        # packages extend, would only add their own noise)
+        raise ValueError("corrupt or truncated image data")
     if image is None:  # formats OpenCV lacks (e.g. GIF), and a readable reason for garbage
         from PIL import Image
 
