@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -50,9 +51,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def run_train_py(args: list[str], data_dir: Path, cwd: Path, timeout: int = 900) -> None:
+def run_train_py(
+    args: list[str], data_dir: Path, cwd: Path, timeout: int = 900
+) -> subprocess.CompletedProcess[str]:
     """Run ``python train.py ARGS`` as a user would (own process, offline W&B); fail with its stderr."""
-    import subprocess
     import sys
 
     env = {**os.environ, "CYTOBENCH_DATA_DIR": str(data_dir), "WANDB_MODE": "offline"}
@@ -65,3 +67,4 @@ def run_train_py(args: list[str], data_dir: Path, cwd: Path, timeout: int = 900)
         timeout=timeout,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc

@@ -13,6 +13,19 @@ from tests.conftest import CONF_DIR, compose_config, run_train_py
 ABLATIONS = sorted(p.stem for p in (CONF_DIR / "ablation").glob("*.yaml"))
 
 
+def test_paper_scale_experiment_points_cpu_users_to_the_cpu_config(tmp_path: Path, data_dir: Path) -> None:
+    cfg = compose_config(["experiment=deepace"], tmp_path, data_dir)
+    assert "experiment=deepace_cpu" in cfg.cpu_note
+    assert compose_config(["experiment=deepace_cpu"], tmp_path, data_dir).cpu_note is None
+
+
+def test_wcr_scale_ablation_keeps_the_sweep_and_sets_its_data(tmp_path: Path, data_dir: Path) -> None:
+    cfg = compose_config(["experiment=deepace_ablation_wcr"], tmp_path, data_dir)
+    assert sorted(cfg.hydra.sweeper.params["+ablation"].split(",")) == ABLATIONS
+    assert cfg.data.prepare.n_chromosomes == 10 and cfg.data.prepare.scale == 96
+    assert "c10_s96" in cfg.data.dir  # its own cache folder, never the 46-chromosome set's
+
+
 def test_ablation_sweep_definition(tmp_path: Path, data_dir: Path) -> None:
     cfg = compose_config(["experiment=deepace_ablation"], tmp_path, data_dir)
     params = cfg.hydra.sweeper.params
@@ -31,7 +44,7 @@ def test_each_ablation_composes(name: str, tmp_path: Path, data_dir: Path) -> No
 @pytest.mark.slow
 def test_tiny_sweep_then_table10(tmp_path: Path, data_dir: Path) -> None:
     sweep = tmp_path / "sweep"
-    run_train_py(
+    proc = run_train_py(
         [
             "-m",
             "experiment=deepace_smoke",
@@ -39,10 +52,12 @@ def test_tiny_sweep_then_table10(tmp_path: Path, data_dir: Path) -> None:
             "seed=0,1",
             "trainer.max_epochs=1",
             f"hydra.sweep.dir={sweep}",
+            "cpu_note='use a smaller config'",
         ],
         data_dir,
         tmp_path,
     )
+    assert proc.stderr.count("note: training on CPU. use a smaller config") == 2  # once per job
     # two trained models (seeds); the table re-evaluates each under SOFT and EG: paired groups
     result = table10(type("Args", (), {"runs": [str(sweep)], "out": str(tmp_path / "t10.md")})())
     assert {g: v["enum/precision"]["n"] for g, v in result["groups"].items()} == {"w SOFT": 2, "w EG": 2}

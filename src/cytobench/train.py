@@ -102,6 +102,8 @@ def run(cfg: DictConfig) -> float | None:
     tcfg = cfg.trainer
     seed_everything(cfg.seed, deterministic=tcfg.deterministic)
     device = local_device(tcfg.device)
+    if device.type == "cpu" and cfg.get("cpu_note") and is_main_process():
+        print(f"note: training on CPU. {cfg.cpu_note}", file=sys.stderr, flush=True)
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -17,6 +17,7 @@ from cytobench.models.deepace import (
     build_single_level_anchor_generator,
     build_single_level_fpn,
 )
+from cytobench.models.deepace.roi_heads import scale_gradient
 
 BASE_KEYS = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
 SMALL: dict[str, Any] = {
@@ -195,6 +196,43 @@ def test_two_sgd_steps_stay_finite() -> None:
         opt.zero_grad()
         total.backward()
         opt.step()
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.25, 1.0])
+def test_scale_gradient_keeps_values_and_scales_gradient(scale: float) -> None:
+    x = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    y = scale_gradient(x, scale)
+    assert torch.equal(y, x)
+    if scale == 0.0:  # detached: nothing flows back
+        assert not y.requires_grad
+        return
+    (y * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert torch.allclose(x.grad, scale * torch.tensor([1.0, 2.0, 3.0]))
+
+
+def _backbone_grad_norm(model: DeepACE, key: str) -> float:
+    loss = _losses(model, (False, False))[key]
+    params = [p for n, p in model.named_parameters() if n.startswith("backbone.")]
+    grads = [g for g in torch.autograd.grad(loss, params, allow_unused=True) if g is not None]
+    return float(torch.sqrt(sum((g**2).sum() for g in grads))) if grads else 0.0
+
+
+def test_template_feature_grad_scales_what_reaches_the_backbone() -> None:
+    """Pull / push change the backbone in proportion to ``template_feature_grad``; the branch still learns."""
+    norms = {}
+    for scale in (1.0, 0.5, 0.0):
+        torch.manual_seed(0)
+        model = _small(template_feature_grad=scale)
+        norms[scale] = _backbone_grad_norm(model, "loss_push") + _backbone_grad_norm(model, "loss_pull")
+        if scale == 0.0:
+            push = _losses(model, (False, False))["loss_push"]
+            fc_grad = torch.autograd.grad(push, model.roi_heads.template.fc.weight)[0]
+            assert fc_grad.abs().sum() > 0
+    assert norms[1.0] > 0
+    assert norms[0.5] == pytest.approx(0.5 * norms[1.0], rel=1e-4)
+    assert norms[0.0] == 0.0
+    with pytest.raises(ValueError, match="template_feature_grad"):
+        _small(template_feature_grad=1.5)
 
 
 # ---------------------------------------------------------------- inference and post-processing

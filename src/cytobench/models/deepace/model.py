@@ -57,6 +57,7 @@ _EXTRA_DEFAULTS: dict[str, Any] = {
     "bbox_reg_weights": None,
     "nms_sigma": 0.5,
     "eg_delta": 0.3,
+    "template_feature_grad": 1.0,
 }
 
 
@@ -140,7 +141,8 @@ def build_deepace(
             ``rpn_positive_fraction`` (0.25), ``rpn_score_thresh`` (0.0), ``rpn_hard_fraction`` (0.5),
             ``box_nms_thresh`` (0.5), ``box_fg_iou_thresh`` / ``box_bg_iou_thresh`` (0.5),
             ``box_batch_size_per_image`` (512), ``box_positive_fraction`` (0.25), ``bbox_reg_weights``,
-            ``nms_sigma`` (0.5), ``eg_delta`` (0.3).
+            ``nms_sigma`` (0.5), ``eg_delta`` (0.3), ``template_feature_grad`` (1.0: the pull / push
+            gradient reaches the backbone in full; see :class:`DeepACERoIHeads`).
 
     Returns:
         The :class:`DeepACE` model.
@@ -209,6 +211,7 @@ def build_deepace(
         gamma=gamma,
         nms_sigma=opt["nms_sigma"],
         eg_delta=opt["eg_delta"],
+        template_feature_grad=opt["template_feature_grad"],
     )
     transform = GeneralizedRCNNTransform(
         min_size, max_size, list(image_mean or IMAGENET_MEAN), list(image_std or IMAGENET_STD)

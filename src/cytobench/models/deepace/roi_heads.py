@@ -32,6 +32,15 @@ __all__ = ["POSTPROCESS_MODES", "DeepACERoIHeads"]
 POSTPROCESS_MODES = ("nms", "soft", "eg")
 
 
+def scale_gradient(x: Tensor, scale: float) -> Tensor:
+    """``x`` unchanged in the forward pass; its gradient multiplied by ``scale`` in the backward pass."""
+    if scale == 1.0:
+        return x
+    if scale == 0.0:
+        return x.detach()
+    return x * scale + x.detach() * (1.0 - scale)
+
+
 class DeepACERoIHeads(RoIHeads):
     """torchvision ``RoIHeads`` (box branch only) with DeepACEv2's additions.
 
@@ -45,6 +54,10 @@ class DeepACERoIHeads(RoIHeads):
         eg_delta: embedding-distance threshold of EG-NMS (0.3).
         template_kwargs: ``theta``, ``lam``, ``delta`` of :func:`template_losses`.
         tnrl_sigma: Smooth_ln parameter of TNRL.
+        template_feature_grad: scale of the pull / push gradient that reaches the shared RoI features
+            (1: end to end as in the paper; 0: the Template branch learns on detached features). The
+            embedding losses are small in value but their gradient on the backbone is as large as the
+            classifier's, which slowed detection learning from random init (see ``conf/model/deepace.yaml``).
         **kwargs: torchvision ``RoIHeads`` keyword arguments.
     """
 
@@ -61,6 +74,7 @@ class DeepACERoIHeads(RoIHeads):
         eg_delta: float = 0.3,
         template_kwargs: dict[str, float] | None = None,
         tnrl_sigma: float = 0.5,
+        template_feature_grad: float = 1.0,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -79,6 +93,9 @@ class DeepACERoIHeads(RoIHeads):
         self.eg_delta = eg_delta
         self.template_kwargs = dict(template_kwargs or {})
         self.tnrl_sigma = tnrl_sigma
+        if not 0.0 <= template_feature_grad <= 1.0:
+            raise ValueError(f"template_feature_grad must be in [0, 1], got {template_feature_grad}")
+        self.template_feature_grad = template_feature_grad
 
     # ------------------------------------------------------------------ training losses
     def _template_loss(
@@ -284,7 +301,8 @@ class DeepACERoIHeads(RoIHeads):
             )
             losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
             if self.template is not None:
-                losses.update(self._template_loss(self.template(pooled), labels, matched_idxs, targets))
+                embeddings = self.template(scale_gradient(pooled, self.template_feature_grad))
+                losses.update(self._template_loss(embeddings, labels, matched_idxs, targets))
             if self.tnrl:
                 losses["loss_tnrl"] = self._tnrl_loss(
                     box_regression, proposals, labels, matched_idxs, targets
