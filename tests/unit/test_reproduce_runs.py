@@ -74,3 +74,31 @@ def test_cli_and_empty_folder(sweep, tmp_path: Path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(BadInputError, match="no finished runs"):
         collect_runs([tmp_path / "empty"])
+
+
+def test_unfinished_runs_are_left_out_and_rows_follow_the_paper(tmp_path: Path, capsys) -> None:
+    for i in range(2):
+        write_run(tmp_path / f"eg{i}", {**FULL, "postprocess": "eg"}, [0.1, 0.7], best_epoch=2)
+    write_run(tmp_path / "base", {"hnas": False, "tnrl": False, "template": False}, [0.5], 1)
+    # a run still training: metrics.json is a per-epoch snapshot (no "best"), epoch 1 of 5
+    folder = tmp_path / "training"
+    write_run(folder, {**FULL, "postprocess": "eg"}, [0.9], best_epoch=1)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    (folder / "config.yaml").write_text(yaml.safe_dump({**config, "trainer": {"max_epochs": 5}}))
+    summary = json.loads((folder / "metrics.json").read_text())
+    del summary["best"]
+    (folder / "metrics.json").write_text(json.dumps({**summary, "epoch": 1}))
+
+    runs = collect_runs([tmp_path])
+    assert sorted(r.path.name for r in runs) == ["base", "eg0", "eg1"]
+    assert "left out 1 unfinished run(s)" in capsys.readouterr().err
+    paper = yaml.safe_load(PAPER_FILE.read_text())
+    table, result = build_table("table6", runs, paper)
+    assert list(result["groups"]) == ["Single1", "Single1+HNAS+TNRL+TM[EG]"]  # paper order, not path order
+    assert result["groups"]["Single1+HNAS+TNRL+TM[EG]"]["enum/wcr"]["n"] == 2
+
+
+def test_table_states_the_scale_of_its_runs(sweep, capsys) -> None:
+    root, _, _ = sweep
+    cli_main(["reproduce", "deepace/table6", "--runs", str(root), "--no-reevaluate"])
+    assert "Scale (ours): ? px, 46 chromosomes/cell, ? images, ?, ? epochs" in capsys.readouterr().out

@@ -45,6 +45,27 @@ def ablation_label(run: Run) -> str:
     return name + {"soft": "[SOFT]", "eg": "[EG]"}.get(post, "")
 
 
+def _row_order(label: str) -> tuple[int, int, str]:
+    """Rows in the paper's order: fewer modules first, then NMS, SOFT, EG."""
+    post = 2 if label.endswith("[EG]") or label == "w EG" else 1 if "SOFT" in label else 0
+    return (label.count("+"), post, label)
+
+
+def run_scale(run: Run) -> str:
+    """What a run was trained at (data, backbone, epochs): tables say it, and warn when runs mix scales."""
+    data, model = run.config.get("data") or {}, run.config.get("model") or {}
+    prepare = data.get("prepare") or {}
+    size = "x".join(str(v) for v in data.get("size") or prepare.get("size") or ["?"])
+    parts = [
+        f"{size} px",
+        f"{prepare.get('n_chromosomes', 46)} chromosomes/cell",
+        f"{data.get('n_images', '?')} images",
+        str(model.get("backbone", "?")),
+        f"{(run.config.get('trainer') or {}).get('max_epochs', '?')} epochs",
+    ]
+    return ", ".join(parts)
+
+
 def hnas_label(run: Run) -> str | None:
     """Table 7 row (full model with EG only): HNASv1 or HNASv2."""
     model = run.config.get("model", {})
@@ -135,7 +156,7 @@ def build_table(name: str, runs: list[Run], paper: dict[str, Any]) -> tuple[str,
     spec = paper[name]
     columns = spec["columns"]
     keys = [f"enum/{c}" for c in columns]
-    groups = group_runs(runs, LABELS[name])
+    groups = dict(sorted(group_runs(runs, LABELS[name]).items(), key=lambda item: _row_order(item[0])))
     rows: list[list[object]] = []
     result: dict[str, Any] = {"groups": {}, "p_values": {}}
     for label, values in spec["rows"].items():
@@ -179,10 +200,17 @@ def run_table(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if not getattr(args, "no_reevaluate", False):
         runs = expand_postprocess(runs, device=getattr(args, "device", "cpu"))
     table, result = build_table(name, runs, paper)
-    print(f"{paper[name]['caption']} (values in %)\n{table}")
+    scales = sorted({run_scale(run) for run in runs})
+    result["scales"] = scales
+    if len(scales) > 1:
+        print(
+            f"warning: these runs were trained at {len(scales)} different scales: {scales}", file=sys.stderr
+        )
+    scale_line = "Scale (ours): " + " | ".join(scales)
+    print(f"{paper[name]['caption']} (values in %)\n{table}\n{scale_line}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(table + "\n")
+        Path(args.out).write_text(f"{table}\n\n{scale_line}\n")
     return result
 
 
