@@ -80,6 +80,7 @@ def test_unfinished_runs_are_left_out_and_rows_follow_the_paper(tmp_path: Path, 
     for i in range(2):
         write_run(tmp_path / f"eg{i}", {**FULL, "postprocess": "eg"}, [0.1, 0.7], best_epoch=2)
     write_run(tmp_path / "base", {"hnas": False, "tnrl": False, "template": False}, [0.5], 1)
+    write_run(tmp_path / "v1", {**FULL, "hnas_criterion": "v1", "postprocess": "eg"}, [0.6], 1)  # Table 7's
     # a run still training: metrics.json is a per-epoch snapshot (no "best"), epoch 1 of 5
     folder = tmp_path / "training"
     write_run(folder, {**FULL, "postprocess": "eg"}, [0.9], best_epoch=1)
@@ -90,12 +91,12 @@ def test_unfinished_runs_are_left_out_and_rows_follow_the_paper(tmp_path: Path, 
     (folder / "metrics.json").write_text(json.dumps({**summary, "epoch": 1}))
 
     runs = collect_runs([tmp_path])
-    assert sorted(r.path.name for r in runs) == ["base", "eg0", "eg1"]
+    assert sorted(r.path.name for r in runs) == ["base", "eg0", "eg1", "v1"]
     assert "left out 1 unfinished run(s)" in capsys.readouterr().err
     paper = yaml.safe_load(PAPER_FILE.read_text())
     table, result = build_table("table6", runs, paper)
     assert list(result["groups"]) == ["Single1", "Single1+HNAS+TNRL+TM[EG]"]  # paper order, not path order
-    assert result["groups"]["Single1+HNAS+TNRL+TM[EG]"]["enum/wcr"]["n"] == 2
+    assert result["groups"]["Single1+HNAS+TNRL+TM[EG]"]["enum/wcr"]["n"] == 2  # the HNASv1 run is not a TM row
 
 
 def test_table_states_the_scale_of_its_runs(sweep, capsys) -> None:

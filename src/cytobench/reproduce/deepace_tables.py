@@ -34,9 +34,11 @@ PAPER_FILE = Path(__file__).resolve().parents[3] / "experiments" / "deepace" / "
 TABLES = ("table6", "table7", "table10")
 
 
-def ablation_label(run: Run) -> str:
-    """Table 6 row name of a run, from its model switches."""
+def ablation_label(run: Run) -> str | None:
+    """Table 6 row name of a run, from its model switches (None for HNASv1 runs, which are Table 7's)."""
     model = run.config.get("model", {})
+    if model.get("hnas") and model.get("hnas_criterion", "v2") != "v2":
+        return None
     name = "Single1"
     for flag, tag in (("hnas", "HNAS"), ("tnrl", "TNRL"), ("template", "TM")):
         if model.get(flag):
