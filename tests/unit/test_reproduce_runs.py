@@ -96,7 +96,8 @@ def test_unfinished_runs_are_left_out_and_rows_follow_the_paper(tmp_path: Path, 
     paper = yaml.safe_load(PAPER_FILE.read_text())
     table, result = build_table("table6", runs, paper)
     assert list(result["groups"]) == ["Single1", "Single1+HNAS+TNRL+TM[EG]"]  # paper order, not path order
-    assert result["groups"]["Single1+HNAS+TNRL+TM[EG]"]["enum/wcr"]["n"] == 2  # the HNASv1 run is not a TM row
+    # the HNASv1 run is not a TM row
+    assert result["groups"]["Single1+HNAS+TNRL+TM[EG]"]["enum/wcr"]["n"] == 2
 
 
 def test_table_states_the_scale_of_its_runs(sweep, capsys) -> None:
