@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 @dataclass
 class Job:
     name: str
-    overrides: list[str]
+    command: list[str]
     state: str = "pending"  # pending | running | done | failed | killed | skipped
     returncode: int | None = None
     seconds: float | None = None
@@ -52,14 +52,24 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def build_jobs(out: Path, ablations: list[str], seeds: list[int], common: list[str]) -> list[Job]:
-    """Seed-major: every ablation of seed 0, then of seed 1, ..."""
+def build_jobs(
+    out: Path, ablations: list[str], seeds: list[int], common: list[str], reevaluate_device: str | None = None
+) -> list[Job]:
+    """One ``train.py`` job per (seed, ablation), seed-major: every ablation of seed 0, then of seed 1, ...
+
+    With ``reevaluate_device`` each job then caches its NMS / SOFT / EG validation metrics (Template
+    runs only), in parallel, instead of one run after another when the tables are built.
+    """
     jobs = []
     for seed in seeds:
         for ablation in ablations:
             name = f"{ablation}_s{seed}"
             overrides = [*common, f"+ablation={ablation}", f"seed={seed}", f"hydra.run.dir={out / name}"]
-            jobs.append(Job(name, overrides))
+            command = [sys.executable, str(REPO / "train.py"), *overrides]
+            if reevaluate_device:
+                reevaluate = reevaluate_command(out / name, reevaluate_device)
+                command = ["bash", "-c", f"{shlex.join(command)} && {shlex.join(reevaluate)}"]
+            jobs.append(Job(name, command))
     return jobs
 
 
@@ -72,37 +82,22 @@ def reevaluate_command(run_dir: Path, device: str) -> list[str]:
     return [sys.executable, "-c", code, str(run_dir), device]
 
 
-def start(job: Job, out: Path, env: dict[str, str], reevaluate_device: str | None) -> subprocess.Popen:
+def start(job: Job, out: Path, env: dict[str, str]) -> subprocess.Popen:
     (out / job.name).mkdir(parents=True, exist_ok=True)
-    log = open(out / job.name / "job.log", "w")  # noqa: SIM115 - closed with the process
     job.state, job.started = "running", time.monotonic()
-    command = [sys.executable, str(REPO / "train.py"), *job.overrides]
-    if reevaluate_device:
-        # Cache the NMS / SOFT / EG validation metrics of Template runs now, in parallel, instead of one
-        # run after another when the tables are built (they read the cache).
-        command = [
-            "bash",
-            "-c",
-            f"{shlex.join(command)} && {shlex.join(reevaluate_command(out / job.name, reevaluate_device))}",
-        ]
-    return subprocess.Popen(
-        command,
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # the deadline kills the job's whole process group
-    )
+    with open(out / job.name / "job.log", "w") as log:  # the child keeps its own handle
+        return subprocess.Popen(
+            job.command,
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # the deadline kills the job's whole process group
+        )
 
 
-def run_sweep(
-    jobs: list[Job],
-    out: Path,
-    n_parallel: int,
-    budget_s: float,
-    first_guess_s: float,
-    reevaluate_device: str | None = None,
-) -> None:
+def run_sweep(jobs: list[Job], out: Path, n_parallel: int, budget_s: float, first_guess_s: float) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     t0 = time.monotonic()
     deadline = t0 + budget_s
@@ -116,6 +111,9 @@ def run_sweep(
                 job.state = "done" if proc.returncode == 0 else "failed"
                 del running[name]
                 print(f"[{now - t0:6.0f}s] {job.state:6s} {name} ({job.seconds:.0f}s)", flush=True)
+                if job.state == "failed":
+                    tail = (out / name / "job.log").read_text(errors="replace").splitlines()[-3:]
+                    print("\n".join(f"    {line}" for line in tail), flush=True)
             elif now >= deadline:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
@@ -131,7 +129,7 @@ def run_sweep(
                 pending.clear()
                 break
             job = pending.pop(0)
-            running[job.name] = (job, start(job, out, env, reevaluate_device))
+            running[job.name] = (job, start(job, out, env))
         write_summary(jobs, out)
         if running:
             time.sleep(1.0)
@@ -162,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="train.py overrides shared by every job (after --)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    jobs = build_jobs(args.out.resolve(), args.ablations, parse_seeds(args.seeds), args.overrides)
+    out = args.out.resolve()
+    jobs = build_jobs(out, args.ablations, parse_seeds(args.seeds), args.overrides, args.reevaluate_device)
     run_sweep(jobs, args.out.resolve(), args.jobs, args.budget_s, args.first_guess_s, args.reevaluate_device)
     counts = {s: sum(j.state == s for j in jobs) for s in ("done", "failed", "killed", "skipped")}
     print("sweep:", ", ".join(f"{v} {k}" for k, v in counts.items()), flush=True)

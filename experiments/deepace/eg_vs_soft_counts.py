@@ -1,0 +1,120 @@
+"""Where do Embedding-Guided NMS and Soft-NMS count a spread differently, and which one is right there?
+
+WCR only moves when a spread's count of detections above the score threshold changes. This script runs
+one checkpoint over a test set under both post-processings (one backbone pass) and, per image, compares
+the two counts with the truth: an image where EG keeps more boxes than Soft-NMS is a *rescue* when that
+brings the count closer to the truth (an overlapped chromosome kept) and an *over-count* when it moves
+away (a duplicate of one chromosome kept). It also counts duplicates directly: kept boxes whose best
+ground-truth match (IoU >= 0.5) is already taken by a higher-scoring kept box.
+
+Usage:
+    python experiments/deepace/eg_vs_soft_counts.py RUN/checkpoints/best.pt              # the run's val set
+    python experiments/deepace/eg_vs_soft_counts.py RUN/checkpoints/best.pt --n-test 200 # held-out spreads
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+
+from cytobench.engine.checkpoint import load_checkpoint
+from cytobench.reproduce.deepace_eval import (
+    evaluate_checkpoint_modes,
+    load_test_data,
+    simulate_test_set,
+    simulator_settings,
+)
+from cytobench.reproduce.deepace_test import TEST_SEED_OFFSET
+
+
+def kept(pred: dict, score_thr: float) -> tuple[np.ndarray, np.ndarray]:
+    keep = pred["scores"] >= score_thr
+    order = np.argsort(-pred["scores"][keep], kind="stable")
+    return pred["boxes"][keep][order], pred["scores"][keep][order]
+
+
+def duplicates(boxes: np.ndarray, gt: np.ndarray, iou_thr: float = 0.5) -> int:
+    """Kept boxes (score order) whose best ground truth (IoU >= iou_thr) an earlier box already took."""
+    if len(boxes) == 0 or len(gt) == 0:
+        return 0
+    iou = box_iou(torch.as_tensor(boxes, dtype=torch.float64), torch.as_tensor(gt, dtype=torch.float64))
+    best_iou, best = iou.max(dim=1)
+    taken: set[int] = set()
+    dup = 0
+    for ok, g in zip((best_iou >= iou_thr).tolist(), best.tolist()):
+        if ok:
+            dup += g in taken
+            taken.add(g)
+    return dup
+
+
+def compare(targets: list[dict], soft: list[dict], eg: list[dict], score_thr: float) -> dict[str, float]:
+    out = dict.fromkeys(
+        ["images", "soft_exact", "eg_exact", "eg_more", "eg_fewer", "rescues", "overcounts", "other"], 0
+    )
+    out.update(soft_duplicates=0, eg_duplicates=0)
+    for target, p_soft, p_eg in zip(targets, soft, eg):
+        gt = np.asarray(target["boxes"], dtype=np.float64).reshape(-1, 4)
+        b_soft, _ = kept(p_soft, score_thr)
+        b_eg, _ = kept(p_eg, score_thr)
+        n_true, n_soft, n_eg = len(gt), len(b_soft), len(b_eg)
+        out["images"] += 1
+        out["soft_exact"] += n_soft == n_true
+        out["eg_exact"] += n_eg == n_true
+        out["soft_duplicates"] += duplicates(b_soft, gt)
+        out["eg_duplicates"] += duplicates(b_eg, gt)
+        if n_eg == n_soft:
+            continue
+        out["eg_more" if n_eg > n_soft else "eg_fewer"] += 1
+        closer = abs(n_eg - n_true) < abs(n_soft - n_true)
+        farther = abs(n_eg - n_true) > abs(n_soft - n_true)
+        out["rescues" if closer else "overcounts" if farther and n_eg > n_soft else "other"] += 1
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument(
+        "--n-test", type=int, default=0, help="held-out simulated spreads (0: the run's val set)"
+    )
+    parser.add_argument("--test-seed", type=int, help="default: the training seed + 10000 (as table2)")
+    parser.add_argument("--score-thr", type=float, default=0.5)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    data = load_checkpoint(args.checkpoint)["data_config"]
+    if args.n_test:  # the same cached set as `cytobench reproduce deepace/table2 --n-test N`
+        seed = simulator_settings(data)[2] + TEST_SEED_OFFSET if args.test_seed is None else args.test_seed
+        cache = Path(os.environ.get("CYTOBENCH_DATA_DIR", "data")) / "deepace_test"
+        ann, images = simulate_test_set(data, cache, args.n_test, seed)
+    else:
+        ann, images = Path(data["dir"]) / "val.json", Path(data["dir"]) / "images"
+    results = evaluate_checkpoint_modes(
+        args.checkpoint, ann, images, ["soft", "eg"], args.device, {"score_thr": args.score_thr}
+    )
+    targets, _ = load_test_data(ann, images)
+    summary = compare(targets, results["soft"][1], results["eg"][1], args.score_thr)
+    n = summary["images"]
+    print(f"{args.checkpoint} on {n} spreads ({ann})")
+    print(f"  exact counts: SOFT {summary['soft_exact']}, EG {summary['eg_exact']}")
+    print(f"  EG keeps more boxes than SOFT on {summary['eg_more']} spreads, fewer on {summary['eg_fewer']}")
+    print(f"    closer to the truth (rescues): {summary['rescues']}; over-counts: {summary['overcounts']}")
+    print(f"  duplicate detections kept: SOFT {summary['soft_duplicates']}, EG {summary['eg_duplicates']}")
+    for mode in ("soft", "eg"):
+        m = results[mode][0]
+        print(
+            f"  {mode:4s} WCR {100 * m['enum/wcr']:.2f}  precision {100 * m['enum/precision']:.2f}  "
+            f"recall {100 * m['enum/recall']:.2f}  S_o recall {100 * m['enum/overlap_recall']:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
