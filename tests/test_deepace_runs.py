@@ -58,6 +58,11 @@ def test_tiny_sweep_then_table10(tmp_path: Path, data_dir: Path) -> None:
         tmp_path,
     )
     assert proc.stderr.count("note: training on CPU. use a smaller config") == 2  # once per job
+    # every run evaluated the paper's six metrics (fractions, as the evaluator reports them)
+    for metrics_file in sorted(sweep.glob("*/metrics.json")):
+        latest = json.loads(metrics_file.read_text())["latest"]
+        for key in ("wcr", "aer", "acc", "f1", "map", "mr2"):
+            assert 0.0 <= latest[f"enum/{key}"] <= 1.0, (metrics_file, key)
     # two trained models (seeds); the table re-evaluates each under SOFT and EG: paired groups
     result = table10(type("Args", (), {"runs": [str(sweep)], "out": str(tmp_path / "t10.md")})())
     assert {g: v["enum/precision"]["n"] for g, v in result["groups"].items()} == {"w SOFT": 2, "w EG": 2}

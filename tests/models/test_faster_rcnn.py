@@ -8,6 +8,7 @@ import pytest
 import torch
 import torchvision
 
+from cytobench.errors import BadInputError
 from cytobench.models.faster_rcnn import build_faster_rcnn
 
 SMALL = {"backbone": "resnet18", "min_size": 64, "max_size": 64, "anchor_sizes": [8, 16, 32, 64, 128]}
@@ -79,6 +80,29 @@ def test_backbone_weights_load_from_local_file(tmp_path: Path) -> None:
     body = model.backbone.body.state_dict()
     assert torch.equal(body["conv1.weight"], resnet.conv1.weight)
     assert torch.equal(body["layer4.1.conv2.weight"], resnet.layer4[1].conv2.weight)
+
+
+def test_backbone_weights_with_a_wrapper_prefix_load(tmp_path: Path) -> None:
+    """A DDP-saved ResNet (``module.``) or a whole detector (``backbone.body.``) serves as backbone weights."""
+    torch.manual_seed(3)
+    resnet = torchvision.models.resnet18(weights=None)
+    ddp = tmp_path / "ddp.pth"
+    torch.save({f"module.{k}": v for k, v in resnet.state_dict().items()}, ddp)
+    body = build(backbone_weights_path=ddp).backbone.body.state_dict()
+    assert torch.equal(body["layer2.0.conv1.weight"], resnet.layer2[0].conv1.weight)
+
+    donor = build(seed=5)
+    detector = tmp_path / "detector.pth"
+    torch.save(donor.state_dict(), detector)
+    body = build(backbone_weights_path=detector).backbone.body.state_dict()
+    assert torch.equal(body["conv1.weight"], donor.backbone.body.conv1.weight)
+
+
+def test_weights_that_fit_nothing_are_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "other.pth"
+    torch.save({"encoder.stem.weight": torch.zeros(3, 3)}, path)
+    with pytest.raises(BadInputError, match="none of its 1 tensors fits the model"):
+        build(backbone_weights_path=path)
 
 
 def test_detector_weights_skip_mismatched_heads(tmp_path: Path) -> None:

@@ -168,3 +168,30 @@ def test_eg_nms_float32_matches_reference() -> None:
     keep_ref, new_ref = embedding_guided_nms_reference(boxes, scores, emb)
     assert sorted(keep.tolist()) == sorted(keep_ref.tolist()) == list(range(50))
     torch.testing.assert_close(new.double(), new_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.05])
+def test_soft_nms_equals_reference_loop_on_random_input(threshold: float) -> None:
+    """Algorithm 1 without embeddings is Gaussian Soft-NMS: the literal loop with exponent 2."""
+    boxes, scores = random_candidates(120, seed=5)
+    keep, new = soft_nms(boxes, scores, score_threshold=threshold)
+    keep_ref, new_ref = embedding_guided_nms_reference(boxes, scores, None, score_threshold=threshold)
+    assert keep.tolist() == keep_ref.tolist()
+    torch.testing.assert_close(new, new_ref)
+
+
+@pytest.mark.parametrize("with_embeddings", [False, True])
+def test_max_keep_is_the_first_selections(with_embeddings: bool) -> None:
+    """The RoI head caps selections at detections_per_img: equal to selecting all, then the top k."""
+    boxes, scores = random_candidates(150, seed=9)
+    emb = torch.rand(150, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+    def run(**kw: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if with_embeddings:
+            return embedding_guided_nms(boxes, scores, emb, **kw)
+        return soft_nms(boxes, scores, **kw)
+
+    keep_all, new_all = run()
+    keep, new = run(max_keep=40)
+    assert keep.tolist() == keep_all[:40].tolist()
+    torch.testing.assert_close(new, new_all[:40])

@@ -17,6 +17,7 @@ from cytobench.io.images import read_image
 from cytobench.simulate.chromosomes import (
     CENTROMERE_DEPTH,
     CLASS_NAMES,
+    CLASSES,
     band_profile,
     class_by_name,
     format_karyotype,
@@ -108,6 +109,18 @@ def test_length_depends_on_class(spreads: dict) -> None:
         assert np.mean(lengths[long]) > 1.3 * np.mean(lengths[short])
     ratio = np.mean(lengths["1"]) / np.mean(lengths["21"])
     assert ratio == pytest.approx(8.44 / 1.90, rel=0.15)
+
+
+def test_denver_groups_are_ordered_by_length(spreads: dict) -> None:
+    """Group means A > B > C > D > E > F > G, in the class table and in the simulated truth."""
+    groups = "ABCDEFG"
+    table = [np.mean([c.relative_length for c in CLASSES if c.group == g]) for g in groups]
+    lengths: dict[str, list[float]] = {}
+    for ann in spreads["annotations"]:
+        lengths.setdefault(ann["denver_group"], []).append(ann["truth"]["length"])
+    simulated = [np.mean(lengths[g]) for g in groups]
+    for means in (table, simulated):
+        assert all(a > b for a, b in zip(means, means[1:])), means
 
 
 @pytest.mark.parametrize("name", ["1", "4", "13", "X"])

@@ -196,11 +196,20 @@ class DeepACERoIHeads(RoIHeads):
         keeps, new_scores = [], []
         for cls in torch.unique(labels):
             idx = torch.where(labels == cls)[0]
+            # Selected scores never increase (scores only decay), so a class's first
+            # detections_per_img selections hold every one of its boxes that can reach the final top-k.
+            cap = self.detections_per_img
             if embeddings is None:
-                k, s = soft_nms(boxes[idx], scores[idx], self.nms_sigma, self.score_thresh)
+                k, s = soft_nms(boxes[idx], scores[idx], self.nms_sigma, self.score_thresh, max_keep=cap)
             else:
                 k, s = embedding_guided_nms(
-                    boxes[idx], scores[idx], embeddings[idx], self.nms_sigma, self.eg_delta, self.score_thresh
+                    boxes[idx],
+                    scores[idx],
+                    embeddings[idx],
+                    self.nms_sigma,
+                    self.eg_delta,
+                    self.score_thresh,
+                    max_keep=cap,
                 )
             keeps.append(idx[k])
             new_scores.append(s)
