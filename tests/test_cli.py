@@ -204,3 +204,18 @@ def test_simulate_metaphase_command(tmp_path: Path, capsys) -> None:
     assert len(data["annotations"]) == data["images"][0]["n_chromosomes"]
     code, _, err = run_cli(["simulate", "metaphase", "--n", "0", "--out", str(tmp_path / "x")], capsys)
     assert code == 2 and "n_images" in err and err.count("\n") == 1
+
+
+def test_simulate_metaphase_aneuploid_split_karyotype(tmp_path: Path, capsys) -> None:
+    args = ["simulate", "metaphase", "--n", "3", "--size", "256", "192", "--n-chromosomes", "45=0.5,47=0.5"]
+    args += ["--val-fraction", "0.34", "--labels", "karyotype", "--scale", "60", "--out", str(tmp_path)]
+    code, out, _ = run_cli(args, capsys)
+    assert code == 0 and "train.json" in out
+    train, val = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("train", "val"))
+    assert (len(train["images"]), len(val["images"])) == (2, 1)
+    assert {img["n_chromosomes"] for img in train["images"] + val["images"]} <= {45, 47}
+    assert len(train["categories"]) == 24
+    code, _, err = run_cli(
+        ["simulate", "metaphase", "--n", "1", "--n-chromosomes", "46=x", "--out", "y"], capsys
+    )
+    assert code == 2 and "--n-chromosomes" in err

@@ -17,6 +17,7 @@ def test_paper_scale_experiment_points_cpu_users_to_the_cpu_config(tmp_path: Pat
     cfg = compose_config(["experiment=deepace"], tmp_path, data_dir)
     assert "experiment=deepace_cpu" in cfg.cpu_note
     assert compose_config(["experiment=deepace_cpu"], tmp_path, data_dir).cpu_note is None
+    assert "trainer.optimizer.lr=0.005" in cfg.from_scratch_note  # lr 0.02 assumes ImageNet weights
 
 
 def test_wcr_scale_ablation_keeps_the_sweep_and_sets_its_data(tmp_path: Path, data_dir: Path) -> None:
@@ -53,11 +54,13 @@ def test_tiny_sweep_then_table10(tmp_path: Path, data_dir: Path) -> None:
             "trainer.max_epochs=1",
             f"hydra.sweep.dir={sweep}",
             "cpu_note='use a smaller config'",
+            "from_scratch_note='lower the lr'",
         ],
         data_dir,
         tmp_path,
     )
     assert proc.stderr.count("note: training on CPU. use a smaller config") == 2  # once per job
+    assert proc.stderr.count("note: no pretrained weights. lower the lr") == 2
     # every run evaluated the paper's six metrics (fractions, as the evaluator reports them)
     for metrics_file in sorted(sweep.glob("*/metrics.json")):
         latest = json.loads(metrics_file.read_text())["latest"]

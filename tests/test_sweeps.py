@@ -64,3 +64,12 @@ def test_cytobench_train_is_train_py(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "task_name: faster_rcnn_smoke" in proc.stdout and "backbone: resnet18" in proc.stdout
+
+
+def test_wandb_logger_without_wandb_says_what_to_install(tmp_path: Path, monkeypatch) -> None:
+    from cytobench.engine.loggers import WandbLogger
+    from cytobench.errors import CytobenchError
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb now raises ImportError
+    with pytest.raises(CytobenchError, match=r"cytobench\[wandb\].*logger=csv"):
+        WandbLogger(tmp_path)

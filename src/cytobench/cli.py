@@ -142,11 +142,34 @@ def _cmd_simulate_qd(args: argparse.Namespace) -> None:
     print(f"simulated {args.n} two-photon QD images into {args.out} ({path})")
 
 
+def _parse_counts(text: str) -> int | dict[int, float]:
+    """``"46"`` or ``"45=0.25,46=0.5,47=0.25"`` (chromosomes per cell: probability)."""
+    try:
+        if "=" not in text:
+            return int(text)
+        pairs = (item.split("=") for item in text.split(","))
+        return {int(k): float(v) for k, v in pairs}
+    except ValueError:
+        raise ValueError(
+            f"--n-chromosomes: expected N or N=P,N=P,... (e.g. 45=0.25,46=0.5,47=0.25), got {text!r}"
+        ) from None
+
+
 def _cmd_simulate_metaphase(args: argparse.Namespace) -> None:
     from cytobench.simulate.metaphase import simulate_metaphase
 
     try:
-        out = simulate_metaphase(args.n, args.out, size=tuple(args.size), seed=args.seed)
+        out = simulate_metaphase(
+            args.n,
+            args.out,
+            size=tuple(args.size),
+            seed=args.seed,
+            n_chromosomes=_parse_counts(args.n_chromosomes),
+            overlap_target=args.overlap_target,
+            scale=args.scale,
+            val_fraction=args.val_fraction,
+            label_mode=args.labels,
+        )
     except ValueError as err:
         raise CytobenchError(f"simulate metaphase: {err}") from None
     print(f"simulated {args.n} metaphase spreads into {args.out} ({out})")
@@ -262,6 +285,21 @@ def build_parser() -> argparse.ArgumentParser:
     meta.add_argument("--n", type=int, required=True, help="number of images")
     meta.add_argument("--size", type=int, nargs=2, default=[1600, 1200], metavar=("W", "H"))
     meta.add_argument("--seed", type=int, default=0)
+    meta.add_argument(
+        "--n-chromosomes",
+        default="46",
+        metavar="N|N=P,...",
+        help="per cell, e.g. 46 or 45=0.25,46=0.5,47=0.25",
+    )
+    meta.add_argument("--overlap-target", type=float, default=0.10, help="mean fraction in S_o (Eq. 14)")
+    meta.add_argument("--scale", type=float, help="length of chromosome 1 in px (default 0.13 * min(W, H))")
+    meta.add_argument("--val-fraction", type=float, help="write train.json + val.json (last images = val)")
+    meta.add_argument(
+        "--labels",
+        choices=["chromosome", "karyotype"],
+        default="chromosome",
+        help="1 class or the 24 classes",
+    )
     meta.add_argument("--out", required=True)
     meta.set_defaults(func=_cmd_simulate_metaphase)
 

@@ -104,6 +104,9 @@ def run(cfg: DictConfig) -> float | None:
     device = local_device(tcfg.device)
     if device.type == "cpu" and cfg.get("cpu_note") and is_main_process():
         print(f"note: training on CPU. {cfg.cpu_note}", file=sys.stderr, flush=True)
+    from_scratch = not (cfg.model.get("weights_path") or cfg.model.get("backbone_weights_path"))
+    if from_scratch and cfg.get("from_scratch_note") and is_main_process():
+        print(f"note: no pretrained weights. {cfg.from_scratch_note}", file=sys.stderr, flush=True)
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ def ensure_simulated(simulator: Callable[..., Any], out_dir: str | Path, **kwarg
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    name = getattr(simulator, "__name__", "simulator")
+    print(f"{name}: writing {out_dir} (once; later runs reuse it)", file=sys.stderr, flush=True)
     simulator(out_dir=tmp, **kwargs)
     (tmp / MARKER).write_text(json.dumps(spec, indent=2))
     try:

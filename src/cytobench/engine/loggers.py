@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cytobench.errors import CytobenchError
+
 
 class Logger:
     """Does nothing; subclasses record scalars and the run's config."""
@@ -68,7 +70,12 @@ class WandbLogger(Logger):
         tags: list[str] | None = None,
         entity: str | None = None,
     ) -> None:
-        import wandb  # optional dependency: imported only when this logger is chosen
+        try:
+            import wandb  # optional dependency: imported only when this logger is chosen
+        except ImportError:
+            raise CytobenchError(
+                "logger=wandb needs the wandb package: pip install 'cytobench[wandb]', or choose logger=csv"
+            ) from None
 
         run_dir = Path(run_dir)
         for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):

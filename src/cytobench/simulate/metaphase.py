@@ -46,6 +46,7 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from cytobench.evaluation.enumeration import overlapping_subset
 from cytobench.io.coco import save_coco
@@ -168,7 +169,8 @@ def simulate_metaphase(
     out_dir = Path(out_dir)
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
-    for index in range(n_images):
+    # a bar in terminals only (tqdm's disable=None): paper-scale sets take minutes, logs stay clean
+    for index in tqdm(range(n_images), desc="simulate metaphase", unit="img", disable=None, leave=False):
         rng = np.random.default_rng([seed, index])
         n = int(counts[rng.choice(len(counts), p=probs)]) if len(counts) > 1 else int(counts[0])
         sample = render_metaphase(
