@@ -248,6 +248,50 @@ def _fail(*args: object, **kwargs: object) -> None:
     raise AssertionError("evaluated again despite the cache")
 
 
+@pytest.mark.slow
+def test_table2_over_repeats(
+    tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    argv = [
+        "--deepace", str(tiny["deepace"]), str(tiny["deepace"]), "--baseline", str(tiny["baseline"]),
+        "--scale", "smoke", "--n-test", "3", "--seed", "5", "--out", str(out),
+        "--data-dir", str(tiny["root"] / "data"),
+    ]  # fmt: skip
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    deepace_test.add_arguments(parser)
+    result = deepace_test.table2(parser.parse_args(argv))
+    deepace_rows = [row for row, role, _ in deepace_test.ROWS if role == "deepace"]
+    assert {row: len(runs) for row, runs in result["repeats"].items()} == {
+        row: 2 if row in deepace_rows else 1 for row, _, _ in deepace_test.ROWS
+    }
+    for row in deepace_rows:  # the same weights twice: identical metrics, zero spread
+        assert result["repeats"][row][0] == pytest.approx(result["repeats"][row][1], nan_ok=True)
+        assert result["rows"][row] == pytest.approx(result["repeats"][row][0], nan_ok=True)
+        for key, std in result["std"][row].items():
+            assert std == 0 or (np.isnan(std) and np.isnan(result["rows"][row][key])), key
+    printed = capsys.readouterr().out
+    assert "| DeepACEv2 (HNAS+TNRL+TM[EG]) (ours, n=2) " in printed and " +- 0.00 " in printed
+    assert "| Faster R-CNN (ResNet-101+FPN) (ours) " in printed  # one baseline checkpoint: plain values
+    # every EG - SOFT difference is 0: paired_ttest has no variance to test and gives NaN
+    label = deepace_test.P_LABELS["table2"]
+    p_row = next(line for line in printed.splitlines() if line.startswith(f"| {label}"))
+    assert [c.strip() for c in p_row.split("|")[2:-1]] == ["nan"] * 6
+    paired = result["p_values"]["table2"][label]
+    assert list(paired) == [f"enum/{c}" for c in ("wcr", "aer", "acc", "f1", "map", "mr2")]
+    assert all(np.isnan(p) for p in paired.values())
+    assert result["p_values"]["table5"] == {}  # Welch needs two baseline repeats too
+    assert label in json.loads((out / "table2.json").read_text())["p_values"]
+    assert (out / deepace_test.FIG7).is_file() and deepace_test.FIG7 in result["figures"]
+    # table5 reuses the cached repeats
+    monkeypatch.setattr(deepace_test, "evaluate_checkpoint_modes", _fail)
+    result5 = deepace_test.table5(parser.parse_args(argv))
+    assert result5["repeats"] == json.loads(json.dumps(result["repeats"]))
+    assert "| DeepACEv2 (ours, n=2) " in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------------------------------ baselines
 @pytest.mark.parametrize(
     ("name", "post"), [("deepace_baseline", "nms"), ("deepace_baseline_softnms", "soft")]

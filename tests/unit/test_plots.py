@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from cytobench.evaluation.curves import miss_rate_fppi
-from cytobench.reporting.plots import close, plot_mr_fppi, plot_pr_grid
+from cytobench.reporting.plots import close, plot_mr_fppi, plot_pr_grid, plot_repeat_boxes
 
 
 def test_mr_fppi_plot_from_detections(tmp_path: Path) -> None:
@@ -31,4 +31,20 @@ def test_pr_grid_layout(tmp_path: Path) -> None:
         {"D=1": {"a": {1.0: curve, 2.0: curve}}, "D=2": {"a": {1.0: curve}}}, tmp_path / "pr.png"
     )
     assert len(fig.axes) == 4 and (tmp_path / "pr.png").is_file()
+    close(fig)
+
+
+def test_repeat_boxes_one_subplot_per_metric(tmp_path: Path) -> None:
+    values = {
+        "WCR": {"SOFT": [60.0, 62.0, 61.0], "EG": [63.0, 64.0, float("nan")]},
+        "AER": {"SOFT": [1.2, 1.3, 1.1], "EG": [1.1, 1.0, 1.2]},
+    }
+    fig = plot_repeat_boxes(values, tmp_path / "boxes.png", p_values={"WCR": 0.0123}, p_label="EG vs SOFT p")
+    wcr, aer = fig.axes
+    assert wcr.get_title() == "WCR\nEG vs SOFT p = 0.0123" and aer.get_title() == "AER"
+    assert [t.get_text() for t in wcr.get_xticklabels()] == ["SOFT", "EG"]
+    # the repeats are drawn over the boxes; the NaN repeat is left out
+    points = [line for line in wcr.get_lines() if line.get_marker() == "."]
+    assert [list(line.get_ydata()) for line in points] == [[60.0, 62.0, 61.0], [63.0, 64.0]]
+    assert (tmp_path / "boxes.png").stat().st_size > 0
     close(fig)

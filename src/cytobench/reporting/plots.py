@@ -78,3 +78,47 @@ def plot_mr_fppi(
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
+
+
+def plot_repeat_boxes(
+    values: Mapping[str, Mapping[str, Sequence[float]]],
+    path: str | Path | None = None,
+    p_values: Mapping[str, float] | None = None,
+    p_label: str = "p",
+    ncols: int = 3,
+) -> plt.Figure:
+    """Box plots of metrics over repeated runs, one subplot per metric (DeepACEv2 Fig. 7).
+
+    Args:
+        values: ``{metric: {method: one value per repeat}}``; NaN values are left out.
+        path: where to save the figure (PNG); not saved when None.
+        p_values: optional ``{metric: p-value}`` shown in the subplot titles as ``{p_label} = p``.
+        p_label: what the p-values compare, e.g. ``"EG vs SOFT p"``.
+        ncols: subplots per row.
+    """
+    metrics = list(values)
+    ncols = max(1, min(ncols, len(metrics)))
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 3.4 * nrows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        methods = list(values[metric])
+        data = [np.asarray(values[metric][m], dtype=np.float64) for m in methods]
+        data = [d[~np.isnan(d)] for d in data]
+        ax.boxplot(data)
+        ax.set_xticks(
+            range(1, len(methods) + 1), methods
+        )  # (boxplot's own labels argument was renamed in 3.9)
+        for x, d in enumerate(data, start=1):  # the repeats themselves: with few of them a box says little
+            ax.plot(np.full(d.size, x), d, ".", color="0.3", ms=4)
+        title = metric
+        if p_values and metric in p_values:
+            title += f"\n{p_label} = {p_values[metric]:.3g}"
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(axis="x", labelrotation=35, labelsize=7)
+        ax.grid(alpha=0.3, axis="y")
+    for ax in axes.flat[len(metrics) :]:
+        ax.set_axis_off()
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

@@ -1,19 +1,31 @@
-"""DeepACEv2 test-set tables (papers/002 Tables 2 and 5) with Fig. 8 and Fig. 10.
+"""DeepACEv2 test-set tables (papers/002 Tables 2 and 5) with Fig. 7, Fig. 8 and Fig. 10.
 
     cytobench reproduce deepace/table2 --baseline runs/deepace_baseline/<date>/checkpoints/best.pt \\
         --deepace runs/deepace_cpu/<date>/checkpoints/best.pt --scale cpu --out runs/reproduce/deepace_test
     cytobench reproduce deepace/table5 ...   # same arguments: reuses the cached evaluation
+    # repeats, e.g. `python train.py -m experiment=deepace_cpu seed=0,1,2,3,4,5,6,7,8,9` and the baseline:
+    cytobench reproduce deepace/table2 --deepace runs/deepace_cpu_multirun/<date>/*/checkpoints/best.pt \\
+        --baseline runs/deepace_baseline_multirun/<date>/*/checkpoints/best.pt --scale cpu --out ...
 
-A held-out test set is simulated with the DeepACEv2 checkpoint's own simulator settings (image
-size, chromosome scale ...) and another seed: the paper's 275 images at ``--scale paper``, fewer at
-``cpu`` / ``smoke`` (``--n-test`` overrides). Post-processing does not change training, so the
-baseline checkpoint gives the NMS and SOFT rows and the DeepACEv2 checkpoint the NMS, SOFT and EG
-rows (one backbone pass per checkpoint, :mod:`cytobench.reproduce.deepace_eval`). Both commands
-write both tables (``table2.md/json``, ``table5.md/json``), the MR-FPPI curves of every row
-(``fig8_mr_fppi.png``) and truth / baseline / DeepACEv2 overlays of the images where the two
-differ most (``fig10_overlays.png``); the metrics are cached in ``eval_cache.json`` so the second
-command only prints. Table 5 pairs the baseline with NMS ("Faster R-CNN") and DeepACEv2 with EG
-("DeepACEv2") on the overlapping subset S_o (Eq. 14). Values in percent, like the paper.
+A held-out test set is simulated with the (first) DeepACEv2 checkpoint's own simulator settings
+(image size, chromosome scale ...) and another seed: the paper's 275 images at ``--scale paper``,
+fewer at ``cpu`` / ``smoke`` (``--n-test`` overrides). Post-processing does not change training, so
+each baseline checkpoint gives the NMS and SOFT rows and each DeepACEv2 checkpoint the NMS, SOFT and
+EG rows (one backbone pass per checkpoint, :mod:`cytobench.reproduce.deepace_eval`).
+
+Each checkpoint given to ``--deepace`` / ``--baseline`` is one repeat (the paper repeats the test ten
+times, Fig. 7), all on the same test set: a row holds the mean over its repeats, printed as
+``mean +- std`` with ``(ours, n=K)`` when K > 1. With two or more repeats, Table 2 gains the paired
+t-test p-values of EG against SOFT (the same checkpoints post-processed both ways) and Table 5 the
+Welch p-values of DeepACEv2 against Faster R-CNN, and ``fig7_repeats.png`` shows box plots of the
+repeats per Table 2 metric.
+
+Both commands write both tables (``table2.md/json``, ``table5.md/json``), the MR-FPPI curves of every
+row (``fig8_mr_fppi.png``) and truth / baseline / DeepACEv2 overlays of the images where the two
+differ most (``fig10_overlays.png``), both from the first checkpoint of each role; the metrics of
+every repeat are cached in ``eval_cache.json`` so the second command only prints. Table 5 pairs the
+baseline with NMS ("Faster R-CNN") and DeepACEv2 with EG ("DeepACEv2") on the overlapping subset
+S_o (Eq. 14). Values in percent, like the paper.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ import numpy as np
 import yaml
 
 from cytobench.engine.checkpoint import load_checkpoint
+from cytobench.evaluation.stats import paired_ttest, summarize_runs, welch_ttest
 from cytobench.reporting.tables import format_table
 from cytobench.reproduce.deepace_eval import (
     evaluate_checkpoint_modes,
@@ -50,6 +63,14 @@ ROWS: tuple[tuple[str, str, str], ...] = (  # (Table 2 row, checkpoint role, pos
     ("DeepACEv2 (HNAS+TNRL+TM[EG])", "deepace", "eg"),
 )
 TABLE5_ROWS = {"Faster R-CNN": ROWS[0][0], "DeepACEv2": ROWS[4][0]}  # see table5_pairs for fallbacks
+SHORT_LABELS = dict(
+    zip([r for r, _, _ in ROWS], ["FRCNN", "FRCNN SOFT", "DeepACEv2 NMS", "DeepACEv2 SOFT", "DeepACEv2 EG"])
+)
+ROLE_NAMES = {"deepace": "DeepACEv2", "baseline": "baseline"}
+P_LABELS = {  # p-value rows, when both compared rows have at least two repeats
+    "table2": "EG vs SOFT p (ours, paired)",
+    "table5": "DeepACEv2 vs Faster R-CNN p (ours, Welch)",
+}
 COLUMN_NAMES = {
     "wcr": "WCR",
     "aer": "AER",
@@ -62,7 +83,8 @@ COLUMN_NAMES = {
     "overlap_recall": "Recall",
     "overlap_acc": "Acc",
 }
-FIGURES = ("fig8_mr_fppi.png", "fig10_overlays.png")
+FIGURES = ("fig8_mr_fppi.png", "fig10_overlays.png")  # written by every evaluation
+FIG7 = "fig7_repeats.png"  # written when a row has several repeats
 
 
 def load_paper_tables(path: str | Path = PAPER_FILE) -> dict[str, Any]:
@@ -72,25 +94,58 @@ def load_paper_tables(path: str | Path = PAPER_FILE) -> dict[str, Any]:
 
 
 def format_comparison(
-    spec: Mapping[str, Any], ours: Mapping[str, Mapping[str, float]], pairs: Mapping[str, str]
+    spec: Mapping[str, Any],
+    ours: Mapping[str, Mapping[str, float]],
+    pairs: Mapping[str, str],
+    *,
+    std: Mapping[str, Mapping[str, float]] | None = None,
+    n: Mapping[str, int] | None = None,
+    p_rows: Mapping[str, Mapping[str, float]] | None = None,
 ) -> str:
     """Markdown table: each paper row followed by ours (percent, 2 decimals).
 
     Args:
         spec: a paper table (``columns`` and ``rows`` {name: values in percent}).
-        ours: ``{our row name: {"enum/<column>": fraction}}``.
+        ours: ``{our row name: {"enum/<column>": fraction}}`` (the mean over repeats).
         pairs: ``{paper row name: our row name}``.
+        std: ``{our row name: {"enum/<column>": std over repeats}}``.
+        n: ``{our row name: repeats}``; rows with more than one print ``mean +- std`` as ``(ours, n=K)``.
+        p_rows: ``{label: {"enum/<column>": p-value}}`` rows appended at the end.
     """
-    columns = spec["columns"]
+    keys = [f"enum/{c}" for c in spec["columns"]]
     rows: list[list[object]] = []
     for name, values in spec["rows"].items():
         rows.append([f"{name} (paper)", *[f"{float(v):.2f}" for v in values]])
-        mine = ours.get(pairs.get(name, ""))
-        if mine is not None:
-            rows.append(
-                [f"{name} (ours)", *[f"{100 * mine.get(f'enum/{c}', float('nan')):.2f}" for c in columns]]
-            )
-    return format_table(["method", *[COLUMN_NAMES.get(c, c) for c in columns]], rows)
+        mine = pairs.get(name, "")
+        if mine in ours:
+            k = (n or {}).get(mine, 1)
+            cells = [f"{100 * ours[mine].get(key, float('nan')):.2f}" for key in keys]
+            if k > 1:
+                spread = (std or {}).get(mine, {})
+                cells = [f"{c} +- {100 * spread.get(key, float('nan')):.2f}" for c, key in zip(cells, keys)]
+            rows.append([f"{name} (ours)" if k == 1 else f"{name} (ours, n={k})", *cells])
+    for label, p in (p_rows or {}).items():
+        rows.append([label, *[f"{p.get(key, float('nan')):.3g}" for key in keys]])
+    return format_table(["method", *[COLUMN_NAMES.get(c, c) for c in spec["columns"]]], rows)
+
+
+def compare_rows(
+    repeats: Mapping[str, Sequence[Mapping[str, float]]],
+    a: str,
+    b: str,
+    columns: Sequence[str],
+    test: Callable[[Sequence[float], Sequence[float]], float],
+) -> dict[str, float] | None:
+    """``{"enum/<column>": p-value of test(row a, row b) over their repeats}``; None unless both rows
+    have at least two repeats. ``paired_ttest`` pairs the repeats by position."""
+    if len(repeats.get(a, ())) < 2 or len(repeats.get(b, ())) < 2:
+        return None
+
+    def values(row: str, key: str) -> list[float]:
+        return [m.get(key, float("nan")) for m in repeats[row]]
+
+    keys = [f"enum/{c}" for c in columns]
+    return {key: test(values(a, key), values(b, key)) for key in keys}
 
 
 def table5_pairs(available: Mapping[str, Any]) -> dict[str, str]:
@@ -148,8 +203,8 @@ def pick_examples(
 
 
 def reproduce(
-    deepace: str | Path,
-    baseline: str | Path | None,
+    deepace: str | Path | Sequence[str | Path],
+    baseline: str | Path | Sequence[str | Path] | None,
     out_dir: str | Path,
     *,
     scale: str = "cpu",
@@ -160,18 +215,29 @@ def reproduce(
     use_cache: bool = True,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Evaluate the rows of Tables 2 and 5, write tables and figures; returns what ``table2.json`` holds."""
+    """Evaluate the rows of Tables 2 and 5, write tables and figures; returns what ``table2.json`` holds.
+
+    ``deepace`` and ``baseline`` are one checkpoint or several (one per repeat, e.g. per training
+    seed); the test set is simulated from the first DeepACEv2 checkpoint's data config.
+    """
     if scale not in TEST_IMAGES:
         raise ValueError(f"unknown scale {scale!r}: use one of {sorted(TEST_IMAGES)}")
-    checkpoints = {"deepace": Path(deepace), **({"baseline": Path(baseline)} if baseline else {})}
-    configs = {role: _model_and_data_config(path) for role, path in checkpoints.items()}
+    checkpoints = {role: _paths(v) for role, v in (("deepace", deepace), ("baseline", baseline)) if _paths(v)}
+    if "deepace" not in checkpoints:
+        raise ValueError("no DeepACEv2 checkpoint given")
+    configs = {role: [_model_and_data_config(p) for p in paths] for role, paths in checkpoints.items()}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data_config = configs["deepace"][1]
+    data_config = configs["deepace"][0][1]
     _, settings, train_seed = simulator_settings(data_config)
     notes = []
-    if "baseline" in configs and simulator_settings(configs["baseline"][1])[1] != settings:
-        notes.append("the baseline was trained on data simulated with other settings than DeepACEv2's")
+    for role, role_configs in configs.items():
+        other = sum(simulator_settings(data)[1] != settings for _, data in role_configs)
+        if other:
+            notes.append(
+                f"{other} of {len(role_configs)} {ROLE_NAMES[role]} checkpoint(s) were trained on data simulated"
+                " with other settings than the test set's (those of the first DeepACEv2 checkpoint)"
+            )
     if scale == "paper" and settings["size"] != [1600, 1200]:
         notes.append(
             f"the paper's test images are 1600x1200; this checkpoint was trained on {settings['size']}"
@@ -187,50 +253,113 @@ def reproduce(
     cached = json.loads(cache_file.read_text()) if use_cache and cache_file.is_file() else {}
     if cached.get("key") == key and all((out_dir / f).is_file() for f in FIGURES):
         progress(f"reusing the evaluation cached in {cache_file}")
-        ours, skipped, seconds = cached["rows"], cached["skipped"], cached["seconds"]
+        evaluation = cached
     else:
-        ours, skipped, seconds = _evaluate_rows(
+        repeats, skipped, seconds = _evaluate_rows(
             checkpoints, configs, ann_file, images_dir, device, out_dir, progress
         )
-        cache_file.write_text(json.dumps({"key": key, "rows": ours, "skipped": skipped, "seconds": seconds}))
+        summary = {row: summarize_runs(runs) for row, runs in repeats.items()}
+        evaluation = {
+            "key": key,
+            "rows": {row: {k: mean for k, (mean, _, _) in s.items()} for row, s in summary.items()},
+            "std": {row: {k: std for k, (_, std, _) in s.items()} for row, s in summary.items()},
+            "repeats": repeats,
+            "skipped": skipped,
+            "seconds": seconds,
+        }
+        cache_file.write_text(json.dumps(evaluation))
+    ours, std, repeats = evaluation["rows"], evaluation["std"], evaluation["repeats"]
+    n_repeats = {row: len(runs) for row, runs in repeats.items()}
 
     paper = load_paper_tables()
-    table2 = format_comparison(paper["table2"], ours, {r: r for r, _, _ in ROWS})
     pairs5 = table5_pairs(ours)
-    table5 = format_comparison(paper["table5"], ours, pairs5)
+    pairs = {"table2": {r: r for r, _, _ in ROWS}, "table5": pairs5}
+    compared = {  # table: (row a, row b, test) of its p-value row
+        "table2": (ROWS[4][0], ROWS[3][0], paired_ttest),  # the same checkpoints post-processed both ways
+        "table5": (pairs5.get("DeepACEv2", ""), pairs5.get("Faster R-CNN", ""), welch_ttest),
+    }
+    p_values: dict[str, dict[str, dict[str, float]]] = {}
+    tables = {}
+    for t, (a, b, test) in compared.items():
+        p = compare_rows(repeats, a, b, paper[t]["columns"], test)
+        p_values[t] = {P_LABELS[t]: p} if p is not None else {}
+        tables[t] = format_comparison(paper[t], ours, pairs[t], std=std, n=n_repeats, p_rows=p_values[t])
+    table2, table5 = tables["table2"], tables["table5"]
+    figures = list(FIGURES)
+    if any(k > 1 for k in n_repeats.values()):
+        paired = p_values["table2"].get(P_LABELS["table2"], {})
+        _plot_repeats(repeats, paper["table2"]["columns"], paired, out_dir / FIG7)
+        figures.append(FIG7)
+    else:
+        (out_dir / FIG7).unlink(missing_ok=True)  # a figure of earlier repeats would mislead
     n_so = {r: int(ours[r].get("enum/overlap_n", 0)) for r in pairs5.values()}
     common = {
         "scale": scale,
         "test_set": {"ann_file": str(ann_file), "n_images": n, "seed": seed, "simulator_settings": settings},
-        "checkpoints": {role: str(p) for role, p in checkpoints.items()},
-        "backbones": {role: cfg[0].get("backbone") for role, cfg in configs.items()},
-        "baseline_modules": {k: configs["baseline"][0].get(k) for k in ("hnas", "template", "tnrl")}
+        "checkpoints": {role: [str(path) for path in paths] for role, paths in checkpoints.items()},
+        "backbones": {role: cfgs[0][0].get("backbone") for role, cfgs in configs.items()},
+        "baseline_modules": {k: configs["baseline"][0][0].get(k) for k in ("hnas", "template", "tnrl")}
         if "baseline" in configs
         else None,
-        "skipped_rows": skipped,
+        "skipped_rows": evaluation["skipped"],
         "notes": notes,
-        "evaluation_seconds": seconds,
+        "evaluation_seconds": evaluation["seconds"],
+        "figures": figures,
     }
-    result = {**common, "rows": ours, "table2": table2, "table5": table5, "overlap_n": n_so}
+    t2 = {**common, "rows": ours, "std": std, "repeats": repeats, "p_values": p_values["table2"]}
+    result = {**t2, "p_values": p_values, "table2": table2, "table5": table5, "overlap_n": n_so}
     (out_dir / "table2.md").write_text(table2 + "\n")
     (out_dir / "table5.md").write_text(table5 + "\n")
-    (out_dir / "table2.json").write_text(json.dumps({**common, "rows": ours, "table": table2}, indent=2))
-    t5_rows = {r: {k: v for k, v in ours[r].items() if "overlap" in k} for r in pairs5.values()}
-    t5 = {**common, "paper_rows": pairs5, "rows": t5_rows, "table": table5}
+    (out_dir / "table2.json").write_text(json.dumps({**t2, "table": table2}, indent=2))
+    t5 = {
+        **common,
+        "paper_rows": pairs5,
+        "rows": {r: _overlap_only(ours[r]) for r in pairs5.values()},
+        "std": {r: _overlap_only(std[r]) for r in pairs5.values()},
+        "repeats": {r: [_overlap_only(m) for m in repeats[r]] for r in pairs5.values()},
+        "p_values": p_values["table5"],
+        "table": table5,
+    }
     (out_dir / "table5.json").write_text(json.dumps(t5, indent=2))
     return result
 
 
+def _overlap_only(metrics: Mapping[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if "overlap" in k}
+
+
+def _plot_repeats(
+    repeats: Mapping[str, Sequence[Mapping[str, float]]],
+    columns: Sequence[str],
+    paired: Mapping[str, float],
+    path: Path,
+) -> None:
+    """Fig. 7: a box per row and Table 2 metric (percent), titled with the EG vs SOFT p-value if any."""
+    from cytobench.reporting.plots import close, plot_repeat_boxes
+
+    titles = {c: f"{COLUMN_NAMES[c]} (%)" for c in columns}
+    values = {
+        titles[c]: {
+            SHORT_LABELS[row]: [100 * m.get(f"enum/{c}", float("nan")) for m in runs]
+            for row, runs in repeats.items()
+        }
+        for c in columns
+    }
+    p_values = {titles[c]: paired[f"enum/{c}"] for c in columns if f"enum/{c}" in paired}
+    close(plot_repeat_boxes(values, path, p_values=p_values, p_label="EG vs SOFT p (paired)"))
+
+
 def _evaluate_rows(
-    checkpoints: Mapping[str, Path],
-    configs: Mapping[str, tuple[dict[str, Any], dict[str, Any]]],
+    checkpoints: Mapping[str, Sequence[Path]],
+    configs: Mapping[str, Sequence[tuple[dict[str, Any], dict[str, Any]]]],
     ann_file: Path,
     images_dir: Path,
     device: str,
     out_dir: Path,
     progress: Callable[[str], None],
-) -> tuple[dict[str, dict[str, float]], list[str], float]:
-    """Every available row's metrics; writes Fig. 8 and Fig. 10. Returns (rows, skipped rows, seconds)."""
+) -> tuple[dict[str, list[dict[str, float]]], list[str], float]:
+    """Every available row's metrics, one dict per checkpoint of its role; writes Fig. 8 and Fig. 10
+    from the first checkpoint of each role. Returns (repeats per row, skipped rows, seconds)."""
     from cytobench.reporting.overlays import save_overlay_grid
     from cytobench.reporting.plots import close, plot_mr_fppi
 
@@ -240,39 +369,47 @@ def _evaluate_rows(
     for row, role, mode in ROWS:
         if role not in checkpoints:
             skipped.append(f"{row}: no {role} checkpoint")
-        elif mode == "eg" and not configs[role][0].get("template", True):
-            skipped.append(f"{row}: the {role} model has no Template branch")
+        elif mode == "eg" and not all(model.get("template", True) for model, _ in configs[role]):
+            skipped.append(f"{row}: a {role} model has no Template branch")
         else:
-            wanted.setdefault(checkpoints[role].resolve(), []).append(mode)
-    results: dict[Path, dict[str, Any]] = {}
-    for path, modes in wanted.items():
-        progress(f"evaluating {path} with {', '.join(dict.fromkeys(modes))} ...")
-        results[path] = evaluate_checkpoint_modes(
-            path, ann_file, images_dir, list(dict.fromkeys(modes)), device
-        )
-    rows: dict[str, dict[str, float]] = {}
-    predictions: dict[str, list[dict[str, Any]]] = {}
+            for path in checkpoints[role]:
+                wanted.setdefault(path.resolve(), []).append(mode)
+    firsts = {paths[0].resolve() for paths in checkpoints.values()}  # the figures show these
+    metrics: dict[tuple[Path, str], dict[str, float]] = {}
+    first_predictions: dict[tuple[Path, str], list[dict[str, Any]]] = {}
+    for k, (path, modes) in enumerate(wanted.items(), start=1):
+        modes = list(dict.fromkeys(modes))
+        progress(f"evaluating checkpoint {k}/{len(wanted)} {path} with {', '.join(modes)} ...")
+        for mode, (scores, predictions) in evaluate_checkpoint_modes(
+            path, ann_file, images_dir, modes, device
+        ).items():
+            metrics[path, mode] = scores
+            if path in firsts:
+                first_predictions[path, mode] = predictions
+    repeats: dict[str, list[dict[str, float]]] = {}
+    shown: dict[str, list[dict[str, Any]]] = {}  # row: predictions of its role's first checkpoint
     for row, role, mode in ROWS:
-        path = checkpoints[role].resolve() if role in checkpoints else None
-        if path in results and mode in results[path]:
-            rows[row], predictions[row] = results[path][mode]
+        if role in checkpoints and (checkpoints[role][0].resolve(), mode) in metrics:
+            repeats[row] = [metrics[path.resolve(), mode] for path in checkpoints[role]]
+            shown[row] = first_predictions[checkpoints[role][0].resolve(), mode]
     seconds = time.perf_counter() - start
 
     targets, paths = load_test_data(ann_file, images_dir)
-    curves = {row: mr_fppi_curve(targets, preds) for row, preds in predictions.items()}
-    close(plot_mr_fppi(curves, out_dir / FIGURES[0], mr2={r: m["enum/mr2"] for r, m in rows.items()}))
-    shown = list(dict.fromkeys(table5_pairs(predictions).values()))
-    picks = pick_examples(targets, predictions[shown[0]], predictions[shown[-1]]) if shown else []
+    curves = {row: mr_fppi_curve(targets, preds) for row, preds in shown.items()}
+    mr2 = {row: runs[0]["enum/mr2"] for row, runs in repeats.items()}
+    close(plot_mr_fppi(curves, out_dir / FIGURES[0], mr2=mr2))
+    compared = list(dict.fromkeys(table5_pairs(shown).values()))
+    picks = pick_examples(targets, shown[compared[0]], shown[compared[-1]]) if compared else []
     from cytobench.io.images import read_image_tensor
 
     save_overlay_grid(
         [read_image_tensor(paths[k]) for k in picks],
         [targets[k]["boxes"] for k in picks],
-        {row: [predictions[row][k] for k in picks] for row in shown},
+        {row: [shown[row][k] for k in picks] for row in compared},
         out_dir / FIGURES[1],
         image_titles=[paths[k].name for k in picks],
     )
-    return rows, skipped, seconds
+    return repeats, skipped, seconds
 
 
 def _model_and_data_config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -284,9 +421,17 @@ def _model_and_data_config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return dict(ckpt["model_config"]), dict(ckpt["data_config"])
 
 
-def _cache_key(checkpoints: Mapping[str, Path], ann_file: Path) -> str:
-    parts = {
-        role: [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for role, p in checkpoints.items()
+def _paths(value: str | Path | Sequence[str | Path] | None) -> list[Path]:
+    """One checkpoint or several as a list of paths (none for None or "")."""
+    if not value:
+        return []
+    return [Path(value)] if isinstance(value, (str, Path)) else [Path(v) for v in value]
+
+
+def _cache_key(checkpoints: Mapping[str, Sequence[Path]], ann_file: Path) -> str:
+    parts: dict[str, list[Any]] = {
+        role: [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
+        for role, paths in checkpoints.items()
     }
     parts["test"] = [str(Path(ann_file).resolve()), Path(ann_file).stat().st_mtime_ns]
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()
@@ -294,9 +439,19 @@ def _cache_key(checkpoints: Mapping[str, Path], ann_file: Path) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--deepace", required=True, help="DeepACEv2 training checkpoint (gives NMS / SOFT / EG rows)"
+        "--deepace",
+        nargs="+",
+        required=True,
+        metavar="CKPT",
+        help="DeepACEv2 training checkpoint(s), one per repeat, e.g. per seed (give NMS / SOFT / EG rows;"
+        " the test set follows the first one's data config)",
     )
-    parser.add_argument("--baseline", help="Faster R-CNN baseline checkpoint (experiment=deepace_baseline)")
+    parser.add_argument(
+        "--baseline",
+        nargs="+",
+        metavar="CKPT",
+        help="Faster R-CNN baseline checkpoint(s) (experiment=deepace_baseline), one per repeat",
+    )
     parser.add_argument(
         "--scale", choices=sorted(TEST_IMAGES), default="cpu", help="test-set size (paper: 275 images)"
     )
@@ -334,7 +489,7 @@ def table2(args: argparse.Namespace) -> dict[str, Any]:
     print(result["table2"])
     for line in result["skipped_rows"] + result["notes"]:
         print(f"note: {line}")
-    print(f"\nwritten to {args.out}: table2.md/json, table5.md/json, {', '.join(FIGURES)}")
+    print(f"\nwritten to {args.out}: table2.md/json, table5.md/json, {', '.join(result['figures'])}")
     return result
 
 
@@ -343,5 +498,5 @@ def table5(args: argparse.Namespace) -> dict[str, Any]:
     result = _run(args)
     print(result["table5"])
     print(f"S_o chromosomes per row: {result['overlap_n']}")
-    print(f"\nwritten to {args.out}: table5.md/json (and table2, {', '.join(FIGURES)})")
+    print(f"\nwritten to {args.out}: table5.md/json (and table2, {', '.join(result['figures'])})")
     return result
