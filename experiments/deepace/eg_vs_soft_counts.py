@@ -2,9 +2,9 @@
 
 WCR only moves when a spread's count of detections above the score threshold changes. This script runs
 one checkpoint over a test set under both post-processings (one backbone pass) and, per image, compares
-the two counts with the truth: an image where EG keeps more boxes than Soft-NMS is a *rescue* when that
-brings the count closer to the truth (an overlapped chromosome kept) and an *over-count* when it moves
-away (a duplicate of one chromosome kept). It also counts duplicates directly: kept boxes whose best
+the two counts with the truth: where EG keeps more boxes than Soft-NMS, a count closer to the truth
+means an overlapped chromosome kept, a count farther from it a duplicate kept (and the reverse where
+EG keeps fewer). It also counts duplicates directly: kept boxes whose best
 ground-truth match (IoU >= 0.5) is already taken by a higher-scoring kept box.
 
 Usage:
@@ -53,27 +53,28 @@ def duplicates(boxes: np.ndarray, gt: np.ndarray, iou_thr: float = 0.5) -> int:
     return dup
 
 
-def compare(targets: list[dict], soft: list[dict], eg: list[dict], score_thr: float) -> dict[str, float]:
+def compare(targets: list[dict], soft: list[dict], eg: list[dict], score_thr: float) -> dict[str, int]:
+    """Per-spread counts (boxes above ``score_thr``) of both post-processings against the truth."""
     out = dict.fromkeys(
-        ["images", "soft_exact", "eg_exact", "eg_more", "eg_fewer", "rescues", "overcounts", "other"], 0
+        ["images", "soft_count_right", "eg_count_right", "soft_duplicates", "eg_duplicates"], 0
     )
-    out.update(soft_duplicates=0, eg_duplicates=0)
+    for change in ("more", "fewer"):
+        for effect in ("closer", "farther", "as_far"):
+            out[f"eg_{change}_{effect}"] = 0
     for target, p_soft, p_eg in zip(targets, soft, eg):
         gt = np.asarray(target["boxes"], dtype=np.float64).reshape(-1, 4)
         b_soft, _ = kept(p_soft, score_thr)
         b_eg, _ = kept(p_eg, score_thr)
         n_true, n_soft, n_eg = len(gt), len(b_soft), len(b_eg)
         out["images"] += 1
-        out["soft_exact"] += n_soft == n_true
-        out["eg_exact"] += n_eg == n_true
+        out["soft_count_right"] += n_soft == n_true
+        out["eg_count_right"] += n_eg == n_true
         out["soft_duplicates"] += duplicates(b_soft, gt)
         out["eg_duplicates"] += duplicates(b_eg, gt)
-        if n_eg == n_soft:
-            continue
-        out["eg_more" if n_eg > n_soft else "eg_fewer"] += 1
-        closer = abs(n_eg - n_true) < abs(n_soft - n_true)
-        farther = abs(n_eg - n_true) > abs(n_soft - n_true)
-        out["rescues" if closer else "overcounts" if farther and n_eg > n_soft else "other"] += 1
+        if n_eg != n_soft:
+            gap_eg, gap_soft = abs(n_eg - n_true), abs(n_soft - n_true)
+            effect = "closer" if gap_eg < gap_soft else "farther" if gap_eg > gap_soft else "as_far"
+            out[f"eg_{'more' if n_eg > n_soft else 'fewer'}_{effect}"] += 1
     return out
 
 
@@ -104,9 +105,15 @@ def main() -> None:
     summary = compare(targets, results["soft"][1], results["eg"][1], args.score_thr)
     n = summary["images"]
     print(f"{args.checkpoint} on {n} spreads ({ann})")
-    print(f"  exact counts: SOFT {summary['soft_exact']}, EG {summary['eg_exact']}")
-    print(f"  EG keeps more boxes than SOFT on {summary['eg_more']} spreads, fewer on {summary['eg_fewer']}")
-    print(f"    closer to the truth (rescues): {summary['rescues']}; over-counts: {summary['overcounts']}")
+    print(
+        f"  count right (WCR also needs every box matched): SOFT {summary['soft_count_right']}, EG {summary['eg_count_right']}"
+    )
+    for change in ("more", "fewer"):
+        closer, farther, as_far = (summary[f"eg_{change}_{e}"] for e in ("closer", "farther", "as_far"))
+        print(
+            f"  EG keeps {change} boxes than SOFT on {closer + farther + as_far} spreads: "
+            f"closer to the true count {closer}, farther {farther}, as far {as_far}"
+        )
     print(f"  duplicate detections kept: SOFT {summary['soft_duplicates']}, EG {summary['eg_duplicates']}")
     for mode in ("soft", "eg"):
         m = results[mode][0]
