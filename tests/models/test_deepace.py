@@ -163,7 +163,7 @@ def test_fixed_seed_losses_are_reproducible() -> None:
     runs = []
     for _ in range(2):
         torch.manual_seed(0)
-        runs.append({k: float(v) for k, v in _losses(_small(), seed=3).items()})
+        runs.append({k: float(v.detach()) for k, v in _losses(_small(), seed=3).items()})
     assert runs[0] == runs[1]
 
 
@@ -297,6 +297,17 @@ def test_baseline_has_no_embeddings() -> None:
     with torch.no_grad():
         preds = model(_batch()[0])
     assert all(set(p) == {"boxes", "scores", "labels"} for p in preds)
+
+
+def test_loss_hyperparameters_reach_the_losses() -> None:
+    """pull_theta / pull_lambda / push_delta / tnrl_sigma are wired; push margin 0 leaves nothing to push."""
+    model = _small(pull_theta=0.3, pull_lambda=1.0, push_delta=0.0, tnrl_sigma=0.2)
+    assert model.roi_heads.template_kwargs == {"theta": 0.3, "lam": 1.0, "delta": 0.0}
+    assert model.roi_heads.tnrl_sigma == 0.2
+    torch.manual_seed(0)
+    assert float(_losses(model)["loss_push"]) == 0.0  # max(0 - |de|, 0)
+    torch.manual_seed(0)
+    assert float(_losses(_small())["loss_push"]) > 0.0  # the paper's margin 1 at init
 
 
 def test_eg_without_template_raises() -> None:

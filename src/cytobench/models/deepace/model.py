@@ -58,6 +58,10 @@ _EXTRA_DEFAULTS: dict[str, Any] = {
     "nms_sigma": 0.5,
     "eg_delta": 0.3,
     "template_feature_grad": 1.0,
+    "pull_theta": 0.5,
+    "pull_lambda": 2.0,
+    "push_delta": 1.0,
+    "tnrl_sigma": 0.5,
 }
 
 
@@ -142,7 +146,9 @@ def build_deepace(
             ``box_nms_thresh`` (0.5), ``box_fg_iou_thresh`` / ``box_bg_iou_thresh`` (0.5),
             ``box_batch_size_per_image`` (512), ``box_positive_fraction`` (0.25), ``bbox_reg_weights``,
             ``nms_sigma`` (0.5), ``eg_delta`` (0.3), ``template_feature_grad`` (1.0: the pull / push
-            gradient reaches the backbone in full; see :class:`DeepACERoIHeads`).
+            gradient reaches the backbone in full; see :class:`DeepACERoIHeads`), the pull loss's focal
+            factor ``pull_theta`` (0.5) and ``pull_lambda`` (2), the push margin ``push_delta`` (1) and
+            TNRL's Smooth_ln ``tnrl_sigma`` (0.5).
 
     Returns:
         The :class:`DeepACE` model.
@@ -212,6 +218,8 @@ def build_deepace(
         nms_sigma=opt["nms_sigma"],
         eg_delta=opt["eg_delta"],
         template_feature_grad=opt["template_feature_grad"],
+        template_kwargs={"theta": opt["pull_theta"], "lam": opt["pull_lambda"], "delta": opt["push_delta"]},
+        tnrl_sigma=opt["tnrl_sigma"],
     )
     transform = GeneralizedRCNNTransform(
         min_size, max_size, list(image_mean or IMAGENET_MEAN), list(image_std or IMAGENET_STD)
