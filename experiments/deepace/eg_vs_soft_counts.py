@@ -15,7 +15,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +22,7 @@ import torch
 from torchvision.ops import box_iou
 
 from cytobench.engine.checkpoint import load_checkpoint
-from cytobench.reproduce.deepace_eval import (
-    evaluate_checkpoint_modes,
-    load_test_data,
-    simulate_test_set,
-    simulator_settings,
-)
-from cytobench.reproduce.deepace_test import TEST_SEED_OFFSET
+from cytobench.reproduce.deepace_eval import evaluate_checkpoint_modes, held_out_test_set, load_test_data
 
 
 def kept(pred: dict, score_thr: float) -> tuple[np.ndarray, np.ndarray]:
@@ -93,9 +86,7 @@ def main() -> None:
 
     data = load_checkpoint(args.checkpoint)["data_config"]
     if args.n_test:  # the same cached set as `cytobench reproduce deepace/table2 --n-test N`
-        seed = simulator_settings(data)[2] + TEST_SEED_OFFSET if args.test_seed is None else args.test_seed
-        cache = Path(os.environ.get("CYTOBENCH_DATA_DIR", "data")) / "deepace_test"
-        ann, images = simulate_test_set(data, cache, args.n_test, seed)
+        ann, images, _ = held_out_test_set(data, args.n_test, args.test_seed)
     else:
         ann, images = Path(data["dir"]) / "val.json", Path(data["dir"]) / "images"
     results = evaluate_checkpoint_modes(

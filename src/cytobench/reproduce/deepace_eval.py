@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 from cytobench.errors import BadInputError
 
 POSTPROCESS_MODES = ("nms", "soft", "eg")
+TEST_SEED_OFFSET = 10_000  # default test seed = training seed + this
 DEFAULT_SIMULATOR = "cytobench.simulate.metaphase.simulate_metaphase"
 # keys of a data config's ``prepare`` node that are not simulator settings of the images themselves
 _NOT_SIMULATOR_SETTINGS = {
@@ -100,6 +102,24 @@ def simulate_test_set(
         get_method(simulator_path), out_dir=folder, n_images=int(n_images), seed=int(seed), **settings
     )
     return folder / "annotations.json", folder / "images"
+
+
+def held_out_test_set(
+    data_config: Mapping[str, Any],
+    n_images: int,
+    seed: int | None = None,
+    data_dir: str | Path | None = None,
+) -> tuple[Path, Path, int]:
+    """:func:`simulate_test_set` with the defaults every DeepACEv2 table shares: the training seed +
+    ``TEST_SEED_OFFSET`` and the cache ``$CYTOBENCH_DATA_DIR/deepace_test`` (or ``data/deepace_test``).
+
+    Returns:
+        ``(ann_file, images_dir, seed)``.
+    """
+    seed = simulator_settings(data_config)[2] + TEST_SEED_OFFSET if seed is None else int(seed)
+    data_dir = Path(data_dir or os.environ.get("CYTOBENCH_DATA_DIR", "data"))
+    ann_file, images_dir = simulate_test_set(data_config, data_dir / "deepace_test", n_images, seed)
+    return ann_file, images_dir, seed
 
 
 # ------------------------------------------------------------------------------------------ test data

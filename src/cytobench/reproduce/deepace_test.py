@@ -33,28 +33,27 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from cytobench.engine.checkpoint import load_checkpoint
 from cytobench.evaluation.stats import paired_ttest, summarize_runs, welch_ttest
 from cytobench.reporting.tables import format_table
 from cytobench.reproduce.deepace_eval import (
+    TEST_SEED_OFFSET,
     evaluate_checkpoint_modes,
+    held_out_test_set,
     load_test_data,
-    simulate_test_set,
     simulator_settings,
 )
+from cytobench.reproduce.deepace_figures import mr_fppi_curve, pick_examples
 
 PAPER_FILE = Path(__file__).resolve().parents[3] / "experiments" / "deepace" / "paper_tables.yaml"
 TEST_IMAGES = {"paper": 275, "cpu": 75, "smoke": 4}
-TEST_SEED_OFFSET = 10_000  # default test seed = training seed + this
 ROWS: tuple[tuple[str, str, str], ...] = (  # (Table 2 row, checkpoint role, post-processing)
     ("Faster R-CNN (ResNet-101+FPN)", "baseline", "nms"),
     ("Faster R-CNN (ResNet-101+FPN+SOFT)", "baseline", "soft"),
@@ -160,48 +159,6 @@ def table5_pairs(available: Mapping[str, Any]) -> dict[str, str]:
     return pairs
 
 
-def mr_fppi_curve(
-    targets: Sequence[Mapping[str, Any]], predictions: Sequence[Mapping[str, Any]], iou_thr: float = 0.5
-) -> tuple[np.ndarray, np.ndarray]:
-    """Miss rate against FPPI over all detections (the curve behind MR^-2, Fig. 8)."""
-    from cytobench.evaluation.base import non_crowd, to_numpy
-    from cytobench.evaluation.curves import miss_rate_fppi
-    from cytobench.evaluation.enumeration import match_detections
-
-    flags, scores, n_gt = [], [], 0
-    for target, pred in zip(targets, predictions):
-        gt = to_numpy(target["boxes"]).reshape(-1, 4)[non_crowd(target)]
-        tp, _, _ = match_detections(gt, pred["boxes"], pred["scores"], iou_thr)
-        flags.append(tp)
-        scores.append(np.asarray(pred["scores"], dtype=np.float64).ravel())
-        n_gt += len(gt)
-    return miss_rate_fppi(np.concatenate(flags), np.concatenate(scores), max(n_gt, 1), max(len(targets), 1))
-
-
-def pick_examples(
-    targets: Sequence[Mapping[str, Any]],
-    first: Sequence[Mapping[str, Any]],
-    second: Sequence[Mapping[str, Any]],
-    n: int = 2,
-    score_thr: float = 0.5,
-    iou_thr: float = 0.5,
-) -> list[int]:
-    """Indices of the ``n`` images where ``second`` makes the fewest errors (FP + FN) relative to ``first``.
-
-    Ties go to the image where ``first`` errs most (the harder image), then to the lower index.
-    """
-    from cytobench.reporting.overlays import classify_predictions
-
-    gains = []
-    for k, (target, a, b) in enumerate(zip(targets, first, second)):
-        errors = []
-        for pred in (a, b):
-            split = classify_predictions(target["boxes"], pred["boxes"], pred["scores"], score_thr, iou_thr)
-            errors.append(int(split["fp"].sum() + split["missed"].sum()))
-        gains.append((errors[1] - errors[0], -errors[0], k))
-    return [k for _, _, k in sorted(gains)[:n]]
-
-
 def reproduce(
     deepace: str | Path | Sequence[str | Path],
     baseline: str | Path | Sequence[str | Path] | None,
@@ -229,7 +186,7 @@ def reproduce(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data_config = configs["deepace"][0][1]
-    _, settings, train_seed = simulator_settings(data_config)
+    settings = simulator_settings(data_config)[1]
     notes = []
     for role, role_configs in configs.items():
         other = sum(simulator_settings(data)[1] != settings for _, data in role_configs)
@@ -243,10 +200,8 @@ def reproduce(
             f"the paper's test images are 1600x1200; this checkpoint was trained on {settings['size']}"
         )
     n = int(n_test or TEST_IMAGES[scale])
-    seed = train_seed + TEST_SEED_OFFSET if seed is None else int(seed)
-    data_dir = Path(data_dir or os.environ.get("CYTOBENCH_DATA_DIR", "data"))
+    ann_file, images_dir, seed = held_out_test_set(data_config, n, seed, data_dir)
     progress(f"test set: {n} simulated images of {settings['size'][0]}x{settings['size'][1]} px, seed {seed}")
-    ann_file, images_dir = simulate_test_set(data_config, data_dir / "deepace_test", n, seed)
 
     key = _cache_key(checkpoints, ann_file)
     cache_file = out_dir / "eval_cache.json"
