@@ -7,7 +7,7 @@ on the already exported data, timed until the checkpoints are written; the adapt
 the val split afterwards is extra work (plain ultralytics does not do it) and is shown on its own row.
 The adapter's overhead is a fixed cost per run (export, a fresh ultralytics label cache, checkpoint
 copies with metadata: about half a second here), so the ratio falls towards 1 with more epochs.
-Prediction: ``YoloSegmenter.predict`` (RGB in, numpy boxes / labels / full-size bool masks out)
+Prediction: ``YoloModel`` (C x H x W tensors in [0, 1] in, boxes / labels / full-size uint8 masks out)
 against plain ``YOLO(best.pt).predict`` on the same images with the same arguments.
 
 A first, untimed plain training pays the one-time costs (imports, kernel set-up); then rounds
@@ -37,6 +37,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import json  # noqa: E402
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from omegaconf import OmegaConf, open_dict  # noqa: E402
@@ -46,7 +47,7 @@ from cytobench.io.coco import load_coco  # noqa: E402
 from cytobench.io.images import read_image  # noqa: E402
 from cytobench.models.yolo import (  # noqa: E402
     build_yolo_model,
-    load_yolo_segmenter,
+    load_yolo_model,
     setup_ultralytics_offline,
     to_uint8_rgb,
 )
@@ -142,13 +143,14 @@ def main() -> None:
     gt = load_coco(splits["val"][1])
     rgb = [to_uint8_rgb(read_image(splits["val"][0] / img["file_name"]).array) for img in gt["images"]]
     bgr = [np.ascontiguousarray(a[:, :, ::-1]) for a in rgb]
-    segmenter = load_yolo_segmenter(best_pt)
+    model = load_yolo_model(best_pt, imgsz=args.imgsz, conf=0.001, iou=0.7, max_det=300).eval()
+    tensors = [torch.from_numpy(a).permute(2, 0, 1).float() / 255.0 for a in rgb]
     plain_model = build_yolo_model("", weights_path=best_pt)
     kw = {"imgsz": args.imgsz, "conf": 0.001, "iou": 0.7, "max_det": 300}
     plain_predict = functools.partial(
         plain_model.predict, source=bgr, retina_masks=True, verbose=False, device="cpu", **kw
     )
-    adapter_predict = functools.partial(segmenter.predict, rgb, batch_size=len(rgb), **kw)
+    adapter_predict = functools.partial(model, tensors)
     plain_predict(), adapter_predict()  # warm-up (model fusing, first-call set-up)
     predict_rows: dict[str, list[tuple[float, float]]] = {"plain": [], "adapter": []}
     for _ in range(args.predict_repeats):

@@ -11,8 +11,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from cytobench.engine.checkpoint import save_atomic
 from cytobench.errors import BadInputError
+from cytobench.io.files import save_atomic
 from cytobench.io.images import read_image_tensor
 from cytobench.reproduce import deepace_test
 from cytobench.reproduce.deepace_eval import (

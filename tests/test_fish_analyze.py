@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cytobench.cli import main
 from cytobench.errors import BadInputError
@@ -177,17 +178,23 @@ class _PerfectTileModel:
     def __init__(self) -> None:
         self.calls: list[tuple[int, int]] = []
 
-    def predict(self, images, imgsz=None, conf=0.25, iou=0.7):  # noqa: ANN001, ANN201
+    def __call__(self, images):  # noqa: ANN001, ANN204 - the model contract: list of C x H x W tensors in [0, 1]
         from scipy import ndimage
 
         out = []
         for img in images:
-            self.calls.append(img.shape[:2])
-            lab, n = ndimage.label(img[..., 2] > 127)
+            self.calls.append(tuple(img.shape[1:]))
+            lab, n = ndimage.label(img[2].numpy() > 0.5)
             masks = (
-                np.stack([lab == k for k in range(1, n + 1)]) if n else np.zeros((0, *img.shape[:2]), bool)
+                np.stack([lab == k for k in range(1, n + 1)]) if n else np.zeros((0, *img.shape[1:]), bool)
             )
-            out.append({"masks": masks, "labels": np.ones(n, np.int64), "scores": np.ones(n, np.float32)})
+            out.append(
+                {
+                    "masks": torch.from_numpy(masks.astype(np.uint8)),
+                    "labels": torch.ones(n, dtype=torch.int64),
+                    "scores": torch.ones(n),
+                }
+            )
         return out
 
 
@@ -264,3 +271,89 @@ def test_cli_yolo_without_checkpoint(sim: Path, tmp_path: Path, capsys: pytest.C
     with pytest.raises(SystemExit) as exc:
         main(["fish", "analyze", "--images", str(_images(sim)[0]), "--out", str(tmp_path / "o")])
     assert exc.value.code == 2 and "--checkpoint" in capsys.readouterr().err
+
+
+def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        main(["fish", "analyze", "--segmenter", "otsu", "--no-overlays", *args])
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_reads_the_folder_simulate_fish_writes(
+    sim: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = sim.parent  # images/ + annotations.json
+    code, out, err = _cli(["--images", str(folder), "--out", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if "dataset folder" in line]
+    assert notes == [
+        f"fish analyze: {folder} is a dataset folder: reading {folder / 'images'}; "
+        "annotations.json beside it is not used (fish analyze takes no ground truth)"
+    ]
+    assert (
+        f"{folder.name}: " in out and "whole nuclei in 3 images" in out
+    )  # one sample, named after the folder
+    report = json.loads((tmp_path / "a/report.json").read_text())
+    assert list(report["samples"]) == [folder.name]
+    split = simulate_fish(2, tmp_path / "split", size=128, seed=1, val_fraction=0.5).parent
+    code, out, err = _cli(["--images", str(split), "--out", str(tmp_path / "b")], capsys)
+    assert code == 0 and "train.json, val.json beside it are not used" in err
+    assert "split: " in out and "in 2 images" in out
+
+
+def test_cli_report_without_whole_nuclei_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cytobench.io.images import write_image
+
+    for k in range(2):
+        write_image(tmp_path / "blank" / f"b{k}.png", np.zeros((96, 96, 3), np.uint8))
+    for extra in ([], ["--calibrate", "2"]):
+        out_dir = tmp_path / f"out{len(extra)}"
+        code, out, err = _cli(["--images", str(tmp_path / "blank"), "--out", str(out_dir), *extra], capsys)
+        assert code == 0, err
+        assert "blank: no whole nuclei in 2 images" in out and "nan" not in out.lower()
+        text = (out_dir / "report.md").read_text()
+        assert "No whole nuclei were found" in text and "nan" not in text.lower()
+        report = json.loads((out_dir / "report.json").read_text(), parse_constant=pytest.fail)  # no NaN
+        for est in report["samples"]["blank"]["mosaicism"].values():
+            assert all(lv["fraction"] is None and lv["upper"] is None for lv in est["levels"])
+        assert set(report["samples"]["blank"]["mosaicism"]) == (
+            {"plain", "corrected"} if extra else {"plain"}
+        )
+
+
+@pytest.mark.parametrize(
+    ("args", "fault"),
+    [
+        (["--nucleus-diameter", "-5"], "--nucleus-diameter must be > 0"),
+        (["--threshold", "-1"], "--threshold must be >= 0"),
+        (["--conf", "2"], "--conf must be in [0, 1]"),
+        (["--tile", "-1"], "--tile must be >= 0"),
+        (["--n-boot", "3"], "--n-boot must be >= 10"),
+    ],
+)
+def test_cli_bad_option_is_one_line(
+    sim: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], fault: str
+) -> None:
+    code, _, err = _cli(["--images", str(sim.parent), "--out", str(tmp_path / "o"), *args], capsys)
+    lines = [line for line in err.splitlines() if "dataset folder" not in line]
+    assert code == 2 and lines == [lines[0]] and fault in lines[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_empty_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    code, _, err = _cli(["--images", str(tmp_path / "empty"), "--out", str(tmp_path / "o")], capsys)
+    assert (
+        code == 2
+        and err.strip() == f"BadInputError: {tmp_path / 'empty'}: no images found (png, jpg, bmp, tif, czi)"
+    )
+    (tmp_path / "set" / "images").mkdir(parents=True)  # a dataset folder whose images/ is empty
+    (tmp_path / "set" / "annotations.json").write_text("{}")
+    code, _, err = _cli(["--images", str(tmp_path / "set"), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and err.strip().splitlines()[-1].startswith(
+        f"BadInputError: {tmp_path / 'set' / 'images'}: no images"
+    )

@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from cytobench.errors import BadInputError
-from cytobench.io.coco import encode_mask
+from cytobench.io.coco_convert import encode_mask
 from cytobench.reproduce import REPRODUCTIONS, load_reproduction
 from cytobench.reproduce.fish_table1 import (
     load_paper_table,
@@ -127,7 +127,8 @@ def test_fish_experiment_composes(name: str, tmp_path: Path, data_dir: Path) -> 
     cfg = compose_config([f"experiment={name}"], tmp_path, data_dir)
     job = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
     model, data = job["model"], job["data"]
-    assert model["backend"] == "ultralytics" and model["arch"].endswith("-seg.yaml")
+    assert model["_target_"] == "cytobench.models.yolo.build_yolo" and model["task"] == "segment"
+    assert model["arch"].endswith("-seg.yaml")
     assert model["train_args"]["epochs"] == job["trainer"]["max_epochs"]
     assert model["train_args"]["seed"] == job["seed"]
     assert set(job["evaluator"]["iou_types"]) == {"bbox", "segm"}

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from cytobench.engine.checkpoint import load_checkpoint
+from cytobench.io.checkpoint import load_checkpoint
 from cytobench.reproduce.deepace_eval import evaluate_checkpoint_modes, held_out_test_set, load_test_data
 
 

@@ -33,7 +33,8 @@ def evaluate_files(
 ) -> dict[str, float]:
     """Score a COCO results file against a COCO ground-truth file; returns namespaced metrics."""
     from cytobench.evaluation import EnumerationEvaluator, LocalizationEvaluator, evaluate_coco
-    from cytobench.io.coco import coco_to_targets, load_coco, load_coco_results, results_to_predictions
+    from cytobench.io.coco import load_coco, load_coco_results
+    from cytobench.io.coco_convert import coco_to_targets, results_to_predictions
 
     gt = load_coco(gt_path)
     results = load_coco_results(pred_path, gt)
@@ -116,7 +117,16 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 def _cmd_simulate_toy(args: argparse.Namespace) -> None:
     from cytobench.simulate.toy import simulate_toy
 
-    out = simulate_toy(n_images=args.n, out_dir=args.out, size=(args.size[1], args.size[0]), seed=args.seed)
+    try:
+        out = simulate_toy(
+            n_images=args.n,
+            out_dir=args.out,
+            size=tuple(args.size),
+            seed=args.seed,
+            val_fraction=args.val_fraction,
+        )
+    except (ValueError, OSError) as err:  # bad argument or unwritable --out: one line, no traceback
+        raise CytobenchError(f"simulate toy: {err}") from None
     print(f"simulated {args.n} toy images into {args.out} ({out})")
 
 
@@ -137,7 +147,7 @@ def _cmd_simulate_qd(args: argparse.Namespace) -> None:
             params=params,
             seed=args.seed,
         )
-    except ValueError as err:  # parameter validation: one line, no traceback
+    except (ValueError, OSError) as err:  # bad argument or unwritable --out: one line, no traceback
         raise CytobenchError(f"simulate qd: {err}") from None
     print(f"simulated {args.n} two-photon QD images into {args.out} ({path})")
 
@@ -170,7 +180,7 @@ def _cmd_simulate_metaphase(args: argparse.Namespace) -> None:
             val_fraction=args.val_fraction,
             label_mode=args.labels,
         )
-    except ValueError as err:
+    except (ValueError, OSError) as err:  # bad argument or unwritable --out: one line, no traceback
         raise CytobenchError(f"simulate metaphase: {err}") from None
     print(f"simulated {args.n} metaphase spreads into {args.out} ({out})")
 
@@ -195,16 +205,16 @@ def _cmd_simulate_fish(args: argparse.Namespace) -> None:
             samples=samples,
             pixel_size_um=args.pixel_size,
         )
-    except ValueError as err:
+    except (ValueError, OSError) as err:  # bad argument or unwritable --out: one line, no traceback
         raise CytobenchError(f"simulate fish: {err}") from None
     print(f"simulated {args.n} interphase-FISH images into {args.out} ({out})")
 
 
 # ------------------------------------------------------------------------------------------------ fish
 def _cmd_fish_analyze(args: argparse.Namespace) -> None:
-    from cytobench.fish.command import run_analyze
+    from cytobench.fish.command import find_fish_images, run_analyze
 
-    run_analyze(args, list_images(args.images))
+    run_analyze(args, *find_fish_images(args.images))
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> None:
@@ -267,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--n", type=int, required=True)
     toy.add_argument("--size", type=int, nargs=2, default=[128, 128], metavar=("W", "H"))
     toy.add_argument("--seed", type=int, default=0)
+    toy.add_argument("--val-fraction", type=float, help="write train.json + val.json (last images = val)")
     toy.add_argument("--out", required=True)
     toy.set_defaults(func=_cmd_simulate_toy)
 

@@ -9,95 +9,39 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, DistributedSampler
 
-from cytobench.data.collate import detection_collate, seed_worker
 from cytobench.engine.checkpoint import seed_everything
 from cytobench.engine.distributed import (
-    barrier,
     cleanup_distributed,
-    get_rank,
-    get_world_size,
     init_distributed,
     is_main_process,
     local_device,
 )
-from cytobench.engine.hooks import (
-    CheckpointHook,
-    EarlyStopping,
-    EvalHook,
-    Hook,
-    MetricsFile,
-    StepLogger,
-    write_json_atomic,
-)
-from cytobench.engine.inference import ShardSampler
+from cytobench.engine.hooks import CheckpointHook, EarlyStopping, EvalHook, Hook, MetricsFile, StepLogger
 from cytobench.engine.loggers import Logger
+from cytobench.engine.run_setup import build_loader, build_logger, hydra_mode, prepare_data, write_run_config
 from cytobench.engine.schedule import build_optimizer, build_scheduler
 from cytobench.engine.trainer import Trainer
 from cytobench.errors import CytobenchError
+from cytobench.io.files import write_json_atomic
 from cytobench.reporting.tables import format_metrics
 
 CONF_DIR = os.environ.get("CYTOBENCH_CONF_DIR", str(Path(__file__).resolve().parents[2] / "conf"))
 
 
-def build_loader(dataset: Any, *, batch_size: int, num_workers: int, train: bool, seed: int) -> DataLoader:
-    """Training loaders shuffle by (seed, epoch) through a DistributedSampler, also on one process,
-    so resumed runs see the same order; evaluation loaders shard without padding."""
-    if train:
-        sampler = DistributedSampler(
-            dataset, num_replicas=get_world_size(), rank=get_rank(), shuffle=True, seed=seed
-        )
-    else:
-        sampler = ShardSampler(len(dataset))
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=detection_collate,
-        worker_init_fn=seed_worker,
-        generator=generator,
-        persistent_workers=False,
-    )
-
-
-def prepare_data(data_cfg: DictConfig) -> None:
-    """Simulate the dataset (rank 0 only) when the data config has a ``prepare`` node."""
-    if data_cfg.get("prepare") is not None and is_main_process():
-        instantiate(data_cfg.prepare)
-    barrier()
-
-
-def build_logger(logger_cfg: DictConfig | None, run_dir: Path) -> Logger:
-    if logger_cfg is None or logger_cfg.get("_target_") is None:
-        return Logger()
-    kwargs: dict[str, Any] = {"run_dir": run_dir}
-    if "group" in logger_cfg and logger_cfg.group is None and _hydra_mode() == RunMode.MULTIRUN:
-        kwargs["group"] = Path(HydraConfig.get().sweep.dir).name  # one W&B group per sweep
-    return instantiate(logger_cfg, **kwargs)
-
-
-def _hydra_mode() -> RunMode | None:
-    return HydraConfig.get().mode if HydraConfig.initialized() else None
-
-
 def run(cfg: DictConfig) -> float | None:
     """Train and evaluate one configuration; returns the monitored metric (for Hydra sweepers)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.run_dir)
-    if cfg.model.get("backend") == "ultralytics":  # YOLO: ultralytics' own trainer behind an adapter
-        from cytobench.engine.ultralytics_run import run_ultralytics
+    if trains_externally(cfg.model):  # YOLO: ultralytics' own trainer, the same run folder and evaluators
+        from cytobench.engine.ultralytics_run import run_yolo
 
-        return run_ultralytics(cfg, run_dir)
+        return run_yolo(cfg, run_dir)
     init_distributed()
     tcfg = cfg.trainer
     seed_everything(cfg.seed, deterministic=tcfg.deterministic)
@@ -107,9 +51,7 @@ def run(cfg: DictConfig) -> float | None:
     from_scratch = not (cfg.model.get("weights_path") or cfg.model.get("backbone_weights_path"))
     if from_scratch and cfg.get("from_scratch_note") and is_main_process():
         print(f"note: no pretrained weights. {cfg.from_scratch_note}", file=sys.stderr, flush=True)
-    if is_main_process():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_run_config(run_dir, cfg)
 
     prepare_data(cfg.data)
     train_set = instantiate(cfg.data.train)
@@ -184,12 +126,22 @@ def run(cfg: DictConfig) -> float | None:
         "run_dir": str(run_dir),
     }
     if is_main_process():
-        write_json_atomic(run_dir / "metrics.json", summary)
+        write_json_atomic(run_dir / "metrics.json", summary, indent=2)
         print(f"\nmetrics after epoch {trainer.epoch} ({run_dir}):")
         print(format_metrics(trainer.latest_metrics))
         print(f"best {tcfg.monitor} = {checkpoints.best} at epoch {checkpoints.best_epoch}")
     cleanup_distributed()
     return trainer.latest_metrics.get(tcfg.monitor) if tcfg.monitor else None
+
+
+def trains_externally(model_cfg: DictConfig) -> bool:
+    """Whether the model config's ``_target_`` is a model that trains through its own trainer (YOLO)."""
+    from hydra.utils import get_object
+
+    from cytobench.models.yolo import YoloModel, build_yolo
+
+    target = model_cfg.get("_target_")
+    return target is not None and get_object(str(target)) in (build_yolo, YoloModel)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
@@ -199,7 +151,7 @@ def main(cfg: DictConfig) -> float | None:
         return run(cfg)
     except CytobenchError as err:
         print(str(err), file=sys.stderr)
-        if _hydra_mode() == RunMode.MULTIRUN:
+        if hydra_mode() == RunMode.MULTIRUN:
             return float("nan")  # one failed job must not end the whole sweep
         sys.exit(2)
 

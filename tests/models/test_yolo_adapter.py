@@ -1,4 +1,4 @@
-"""YOLOv8-seg adapter: offline training under the run-folder contract, checkpoints, predictor, scoring glue."""
+"""YOLO as a model: offline training under the run-folder contract, checkpoints, the eval contract, scoring."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from cytobench.data.coco_dataset import CocoDetectionDataset
+from cytobench.engine import ultralytics_run
 from cytobench.engine.ultralytics_run import (
     coco_splits,
     export_yolo_dataset,
@@ -22,12 +23,12 @@ from cytobench.engine.ultralytics_run import (
 )
 from cytobench.errors import BadInputError, CorruptAnnotation
 from cytobench.evaluation import CocoEvaluator
-from cytobench.io.images import read_image, write_image
+from cytobench.io.images import read_image, read_image_tensor, write_image
 from cytobench.models import yolo as yolo_module
 from cytobench.models.yolo import (
-    YoloSegmenter,
+    YoloModel,
     build_yolo_model,
-    load_yolo_segmenter,
+    load_yolo_model,
     read_yolo_metadata,
     to_uint8_rgb,
     ultralytics_device,
@@ -90,7 +91,7 @@ def test_models_come_from_yaml_or_local_files_only(tmp_path: Path) -> None:
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(BadInputError, match="junk.pt"):
-        load_yolo_segmenter(junk)
+        load_yolo_model(junk)
 
 
 def test_to_uint8_rgb_round_trips_8bit_and_expands_grey() -> None:
@@ -131,18 +132,27 @@ class _FakeModel:
         return [_FakeResults(s.shape[:2]) for s in source]
 
 
-def test_predictor_hands_ultralytics_bgr_and_returns_empty_arrays_at_image_size() -> None:
+def test_model_hands_ultralytics_bgr_and_returns_empty_predictions_at_image_size() -> None:
     fake = _FakeModel()
-    seg = YoloSegmenter(fake, [{"id": 1, "name": "whole"}], imgsz=64)
-    red = np.zeros((5, 7, 3), np.uint8)
-    red[..., 0] = 200  # pure red in RGB
-    (out,) = seg.predict([red], conf=0.5)
+    model = YoloModel(fake, [{"id": 1, "name": "whole"}], task="segment", imgsz=64, conf=0.5, max_det=2000)
+    red = torch.zeros(3, 5, 7)
+    red[0] = 200 / 255  # pure red in RGB, C x H x W in [0, 1] as every dataset gives
+    (out,) = model.eval()([red])
     assert fake.sources[0][0, 0].tolist() == [0, 0, 200]  # ultralytics reads numpy arrays as BGR
     assert fake.kwargs["retina_masks"] and fake.kwargs["imgsz"] == 64 and fake.kwargs["conf"] == 0.5
-    assert out["masks"].shape == (0, 5, 7) and out["masks"].dtype == bool
-    assert out["boxes"].shape == (0, 4) and out["labels"].dtype == np.int64
-    with pytest.raises(ValueError, match="uint8"):
-        seg.predict([red.astype(np.float32)])
+    assert fake.kwargs["max_det"] == 2000
+    assert out["masks"].shape == (0, 5, 7) and out["masks"].dtype == torch.uint8
+    assert out["boxes"].shape == (0, 4) and out["labels"].dtype == torch.int64
+    grey = torch.full((1, 4, 6), 0.5)  # one channel: repeated to three, as ultralytics' reader does
+    model([grey])
+    assert fake.sources[-1].shape == (4, 6, 3) and (fake.sources[-1] == 128).all()
+    detect = YoloModel(fake, [{"id": 1, "name": "chromosome"}], task="detect")
+    (boxes_only,) = detect([red])
+    assert "masks" not in boxes_only and boxes_only["scores"].shape == (0,)
+    with pytest.raises(RuntimeError, match="ultralytics' trainer"):
+        model([red], [{"boxes": torch.zeros(0, 4)}])
+    with pytest.raises(BadInputError, match="pose"):
+        YoloModel(fake, [], task="pose")
 
 
 # ----------------------------------------------------------------------------------------------- export
@@ -216,28 +226,30 @@ def test_scoring_glue_gives_ap_one_for_ground_truth_predictions(
 ) -> None:
     """score_checkpoint maps images, labels and masks correctly: perfect predictions score AP = 1."""
     dataset = CocoDetectionDataset(toy / "images", toy / "val.json", with_masks=True)
-    truth = [dataset.load_raw(i)[1] for i in range(len(dataset))]
+    truth = [dataset[i][1] for i in range(len(dataset))]
     served: list[int] = []
 
-    class Perfect:
-        def predict(self, images: list[np.ndarray], **kwargs: Any) -> list[dict[str, np.ndarray]]:
+    class Perfect(torch.nn.Module):
+        task = "segment"
+
+        def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
             out = []
             for image in images:
                 t = truth[len(served)]
                 served.append(1)
-                assert image.shape == (*t["masks"].shape[1:], 3) and image.dtype == np.uint8
+                assert image.shape[1:] == t["masks"].shape[1:] and image.dtype == torch.float32
                 n = len(t["labels"])
                 out.append(
                     {
                         "boxes": t["boxes"],
-                        "scores": np.linspace(0.9, 0.5, n).astype(np.float32),
+                        "scores": torch.linspace(0.9, 0.5, n),
                         "labels": t["labels"],
-                        "masks": t["masks"].astype(bool),
+                        "masks": t["masks"],
                     }
                 )
             return out
 
-    monkeypatch.setattr(yolo_module, "load_yolo_segmenter", lambda *a, **k: Perfect())
+    monkeypatch.setattr(ultralytics_run, "load_yolo_model", lambda *a, **k: Perfect())
     metrics = score_checkpoint(
         Path("unused.pt"), (toy / "images", toy / "val.json"), CocoEvaluator(("bbox", "segm"))
     )
@@ -333,23 +345,22 @@ def test_checkpoints_carry_metadata_and_predict_masks_at_image_size(
     for name in ("best", "last"):
         meta = read_yolo_metadata(run_dir / "checkpoints" / f"{name}.pt")
         assert [c["name"] for c in meta["categories"]] == ["cell", "debris"]
-        assert meta["imgsz"] == 96 and meta["model_config"]["backend"] == "ultralytics"
+        assert meta["imgsz"] == 96 and meta["model_config"]["_target_"] == "cytobench.models.yolo.build_yolo"
+        assert meta["task"] == "segment"
         assert meta["data_config"]["dir"] == str(toy)
     assert YOLO(str(run_dir / "checkpoints" / "best.pt")).task == "segment"  # still a plain ultralytics file
-    seg = load_yolo_segmenter(run_dir / "checkpoints" / "best.pt")
-    assert seg.categories == meta["categories"] and seg.imgsz == 96
-    rng = np.random.default_rng(0)
-    image = to_uint8_rgb(read_image(toy / "images" / "toy_00007.png").array)[:77, :90]  # odd size
-    noise = rng.integers(0, 255, (61, 83, 3), dtype=np.uint8)
-    preds = seg.predict([image, noise], conf=0.0)  # an untrained model: keep every box NMS keeps
+    model = load_yolo_model(run_dir / "checkpoints" / "best.pt", conf=0.0)  # untrained: keep every box
+    assert model.categories == meta["categories"] and model.imgsz == 96 and model.task == "segment"
+    image = read_image_tensor(toy / "images" / "toy_00007.png")[:, :77, :90]  # odd size
+    noise = torch.rand(3, 61, 83, generator=torch.Generator().manual_seed(0))
+    preds = model.eval()([image, noise])
     for pred, shape in zip(preds, [(77, 90), (61, 83)]):
         n = len(pred["scores"])
-        assert pred["masks"].shape == (n, *shape) and pred["masks"].dtype == bool
-        assert pred["boxes"].shape == (n, 4) and pred["boxes"].dtype == np.float32
+        assert pred["masks"].shape == (n, *shape) and pred["masks"].dtype == torch.uint8
+        assert pred["boxes"].shape == (n, 4) and pred["boxes"].dtype == torch.float32
         assert set(pred["labels"].tolist()) <= {1, 2}
-        assert np.all(pred["boxes"][:, [0, 2]] <= shape[1] + 1e-3) and np.all(
-            pred["boxes"][:, [1, 3]] <= shape[0] + 1e-3
-        )
+        assert torch.all(pred["boxes"][:, [0, 2]] <= shape[1] + 1e-3)
+        assert torch.all(pred["boxes"][:, [1, 3]] <= shape[0] + 1e-3)
 
 
 @pytest.mark.slow
@@ -382,3 +393,36 @@ def test_cytobench_predict_and_eval_score_a_yolo_run_like_the_run_itself(
     ours = json.loads(out.read_text())["coco/segm_AP"]
     own = json.loads((run_dir / "metrics.json").read_text())["latest"]["coco/segm_AP"]
     assert ours == pytest.approx(own, abs=1e-6)  # same weights, same evaluator, same answer
+
+
+@pytest.mark.slow
+def test_yolo_detect_run_is_scored_and_predicted_like_any_model(
+    toy: Path, no_network: list[str], tmp_path: Path
+) -> None:
+    """model=yolov8_det: boxes only; `cytobench predict` + `cytobench eval` give the run's own numbers."""
+    from cytobench.cli import main as cli_main
+    from cytobench.train import run
+
+    yolo_module.setup_ultralytics_offline(tmp_path / "cfg")
+    overrides = ["model=yolov8_det", "model.arch=yolov8n.yaml", "model.imgsz=96", "model.train_args.batch=3",
+                 "model.train_args.workers=0", "model.eval.conf=0.0001", "model.eval.max_det=2000",
+                 "trainer=smoke", "trainer.monitor=coco/bbox_AP", f"data.dir={toy}", "data.prepare=null"]  # fmt: skip
+    cfg = compose_config(overrides, tmp_path / "run", tmp_path / "data")
+    result = run(cfg)
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    meta = read_yolo_metadata(best)
+    assert meta["task"] == "detect" and meta["model_config"]["eval"]["max_det"] == 2000
+    model = load_yolo_model(best)
+    assert model.task == "detect" and model.max_det == 2000
+    own = json.loads((tmp_path / "run" / "metrics.json").read_text())["latest"]
+    assert result == own["coco/bbox_AP"] and "coco/segm_AP" not in own
+    val = json.loads((toy / "val.json").read_text())
+    images = [str(toy / "images" / img["file_name"]) for img in val["images"]]
+    pred, out = tmp_path / "pred.json", tmp_path / "metrics.json"
+    cli_main(["predict", "--checkpoint", str(best), "--images", *images, "--gt", str(toy / "val.json"),
+              "--out", str(pred), "--device", "cpu"])  # fmt: skip
+    results = json.loads(pred.read_text())
+    assert results and all(set(r) == {"image_id", "category_id", "bbox", "score"} for r in results)
+    cli_main(["eval", "coco-bbox", "--gt", str(toy / "val.json"), "--pred", str(pred), "--out", str(out)])
+    assert json.loads(out.read_text())["coco/bbox_AP"] == pytest.approx(own["coco/bbox_AP"], abs=1e-6)
+    assert no_network == []

@@ -20,7 +20,7 @@ from cytobench.simulate.toy import simulate_toy
 def toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Toy set with category ids remapped to 7 (cell) and 3 (debris), an empty image and a crowd."""
     out = tmp_path_factory.mktemp("toy")
-    data = json.loads(simulate_toy(6, out, size=(64, 80), seed=5, min_objects=2, max_objects=5).read_text())
+    data = json.loads(simulate_toy(6, out, size=(80, 64), seed=5, min_objects=2, max_objects=5).read_text())
     remap = {1: 7, 2: 3}
     for cat in data["categories"]:
         cat["id"] = remap[cat["id"]]

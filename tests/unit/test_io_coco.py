@@ -13,16 +13,8 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from cytobench.errors import BadInputError, CorruptAnnotation
-from cytobench.io.coco import (
-    annotation_to_mask,
-    coco_to_targets,
-    encode_mask,
-    load_coco,
-    load_coco_results,
-    results_to_predictions,
-    save_coco,
-    save_coco_results,
-)
+from cytobench.io.coco import load_coco, load_coco_results, save_coco, save_coco_results
+from cytobench.io.coco_convert import annotation_to_mask, coco_to_targets, encode_mask, results_to_predictions
 
 
 def _dataset() -> dict[str, Any]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cytobench.errors import UnreadableImage
-from cytobench.io.coco import annotation_to_mask, encode_mask
+from cytobench.io.coco_convert import annotation_to_mask, encode_mask
 from cytobench.io.images import write_image
 from cytobench.io.yolo import export_yolo, read_yolo_labels
 

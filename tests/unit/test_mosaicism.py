@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -189,3 +191,21 @@ def test_image_clusters_widen_the_corrected_interval(tmp_path) -> None:
         assert b.lower <= a.lower and b.upper >= a.upper  # the union is never narrower
     width = sum(clustered.level(k).upper - clustered.level(k).lower for k in names)
     assert width > 1.1 * sum(flat.level(k).upper - flat.level(k).lower for k in names)
+
+
+def test_no_whole_nuclei_gives_undefined_levels_not_a_made_up_mix() -> None:
+    """Zero nuclei: every level is NaN (json null), plain and corrected; EM's uniform start is no estimate."""
+    confusion = measure_confusion(["normal", "trisomy21", "monosomyX"] * 4, [2, 3, 2] * 4, [2, 2, 1] * 4)
+    for est in (
+        estimate_mosaicism([], []),
+        estimate_mosaicism([], [], confusion=confusion, n_boot=50),
+        estimate_mosaicism([7], [7], confusion=confusion, n_boot=50),  # only a never-calibrated pattern
+    ):
+        assert [lv.karyotype for lv in est.levels] == ["normal", "trisomy21", "monosomyX"]
+        assert all(np.isnan([lv.fraction, lv.lower, lv.upper]).all() for lv in est.levels)
+        data = est.to_json()
+        assert all(lv[k] is None for lv in data["levels"] for k in ("fraction", "lower", "upper"))
+        json.dumps(data, allow_nan=False)  # valid json: null, never NaN
+    unexplained = estimate_mosaicism([7], [7], confusion=confusion, n_boot=50).other
+    assert unexplained.count == 1 and unexplained.fraction == 1.0
+    assert estimate_mosaicism([], []).to_json()["other"]["fraction"] is None

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from cytobench.cli import main
-from cytobench.io.coco import annotation_to_mask, load_coco
+from cytobench.io.coco import load_coco
+from cytobench.io.coco_convert import annotation_to_mask
 from cytobench.simulate.fish import (
     KARYOTYPES,
     FishParams,

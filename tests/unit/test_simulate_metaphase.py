@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from cytobench.evaluation.enumeration import overlapping_subset
-from cytobench.io.coco import annotation_to_mask, load_coco
+from cytobench.io.coco import load_coco
+from cytobench.io.coco_convert import annotation_to_mask
 from cytobench.io.images import read_image
 from cytobench.simulate.chromosomes import (
     CENTROMERE_DEPTH,

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cytobench.io.coco import annotation_to_mask, load_coco
+from cytobench.io.coco import load_coco
+from cytobench.io.coco_convert import annotation_to_mask
 from cytobench.io.images import read_image
 from cytobench.simulate.toy import simulate_toy
 
@@ -17,7 +18,7 @@ from cytobench.simulate.toy import simulate_toy
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("toy")
-    return load_coco(simulate_toy(16, out, size=(96, 128), seed=3, min_objects=2, max_objects=6)) | {
+    return load_coco(simulate_toy(16, out, size=(128, 96), seed=3, min_objects=2, max_objects=6)) | {
         "_dir": out
     }
 
@@ -88,3 +89,31 @@ def test_split_writes_train_and_val(tmp_path: Path) -> None:
     assert {i["id"] for i in train["images"]}.isdisjoint({i["id"] for i in val["images"]})
     assert all(a["image_id"] in {i["id"] for i in val["images"]} for a in val["annotations"])
     assert len(list((tmp_path / "images").glob("*.png"))) == 10
+
+
+def test_size_is_width_then_height(tmp_path: Path) -> None:
+    data = load_coco(simulate_toy(1, tmp_path / "wide", size=(80, 48), seed=1))
+    assert (data["images"][0]["width"], data["images"][0]["height"]) == (80, 48)
+    assert read_image(tmp_path / "wide/images/toy_00000.png").array.shape == (48, 80, 3)
+    square = load_coco(simulate_toy(1, tmp_path / "square", size=40, seed=1))
+    assert (square["images"][0]["width"], square["images"][0]["height"]) == (40, 40)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "word"),
+    [
+        ({"n_images": 0}, "n_images"),
+        ({"size": (-5, 64)}, "size"),
+        ({"size": (64, 8)}, "size"),
+        ({"size": (64, 64, 3)}, "size"),
+        ({"seed": -1}, "seed"),
+        ({"val_fraction": 0.5}, "val_fraction"),  # one image cannot be split
+        ({"n_images": 4, "val_fraction": 1.0}, "val_fraction"),
+        ({"min_objects": 0}, "min_objects"),
+    ],
+)
+def test_bad_input_names_the_argument_and_writes_nothing(tmp_path: Path, kwargs: dict, word: str) -> None:
+    args = {"n_images": 1, "out_dir": tmp_path} | kwargs
+    with pytest.raises(ValueError, match=word):
+        simulate_toy(**args)
+    assert not any(tmp_path.iterdir())

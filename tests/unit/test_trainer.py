@@ -11,12 +11,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from cytobench.engine.checkpoint import load_checkpoint, seed_everything
+from cytobench.engine.checkpoint import seed_everything
 from cytobench.engine.hooks import CheckpointHook, EarlyStopping, EvalHook, Hook
 from cytobench.engine.schedule import build_optimizer, build_scheduler
 from cytobench.engine.trainer import Trainer
 from cytobench.errors import TrainingDiverged
 from cytobench.evaluation.base import Evaluator
+from cytobench.io.checkpoint import load_checkpoint
 
 
 class NoisyData(Dataset):

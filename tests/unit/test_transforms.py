@@ -187,3 +187,159 @@ def test_same_seed_same_output_other_seed_differs() -> None:
 def test_derive_seed_is_pure_and_distinguishes_parts() -> None:
     assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2)
     assert len({derive_seed(0, 1, 2), derive_seed(0, 2, 1), derive_seed(1, 1, 2), derive_seed(0, 1, 3)}) == 4
+
+
+# ------------------------------------------------------------------ dense truth: maps and amodal masks
+
+
+def _dense_sample() -> tuple[np.ndarray, dict[str, Any]]:
+    """An image whose pixel values encode their position, and asymmetric maps of every kind.
+
+    Object 0: visible mask rows 2..5 x cols 4..9, amodal mask extends it down to row 9 (hidden part).
+    ``semantic``: an L of class 2 plus a class-1 block; ``weights``: a float ramp; ``overlap``: uint8 dots.
+    """
+    image = (np.arange(H * W, dtype=np.float32).reshape(H, W, 1) + 1) / (H * W + 1)
+    target = _sample()[1]
+    amodal = np.zeros((1, H, W), np.uint8)
+    amodal[0, 2:10, 4:10] = 1
+    semantic = np.zeros((H, W), np.int64)
+    semantic[1:12, 2] = 2
+    semantic[11, 2:9] = 2
+    semantic[3:6, 20:27] = 1
+    overlap = np.zeros((H, W), np.uint8)
+    overlap[[0, 3, 15], [1, 25, 7]] = 1
+    nucleus = np.zeros((1, H, W), np.uint8)
+    nucleus[0, 3:5, 5:7] = 1
+    target.update(
+        amodal_masks=amodal,
+        nucleus_masks=nucleus,  # any other named per-object stack
+        semantic=semantic,
+        weights=np.linspace(0.0, 3.0, H * W, dtype=np.float32).reshape(H, W),
+        overlap=overlap,
+    )
+    return image, target
+
+
+def _window(out_image: np.ndarray, image: np.ndarray) -> tuple[int, int]:
+    """(row, col) of the source pixel at the output's top-left corner (pixel values encode positions)."""
+    index = int(np.argmin(np.abs(image[:, :, 0].ravel() - out_image[0, 0, 0])))
+    return divmod(index, W)
+
+
+DENSE_KEYS = ("semantic", "weights", "overlap")
+
+
+def test_flips_and_rotations_move_every_map_and_amodal_mask_exactly() -> None:
+    image, target = _dense_sample()
+    cases = [
+        (dict(hflip=1.0), lambda a: a[..., ::-1]),
+        (dict(hflip=0.0, vflip=1.0), lambda a: a[..., ::-1, :]),
+    ]
+    for kwargs, expect in cases:
+        out_image, out = apply_transforms(build_transforms(True, **kwargs), image, target, seed=0)
+        np.testing.assert_array_equal(out_image, expect(image.transpose(2, 0, 1)).transpose(1, 2, 0))
+        for key in (*DENSE_KEYS, "amodal_masks", "masks", "nucleus_masks"):
+            assert out[key].dtype == target[key].dtype
+            np.testing.assert_array_equal(out[key], expect(target[key]))
+    compose = build_transforms(True, hflip=0.0, rotate90=1.0)
+    seen = set()
+    for seed in range(12):
+        out_image, out = apply_transforms(compose, image, target, seed=seed)
+        k = next(k for k in range(4) if np.array_equal(np.rot90(image, k), out_image))
+        seen.add(k)
+        for key in DENSE_KEYS:
+            np.testing.assert_array_equal(out[key], np.rot90(target[key], k))
+        np.testing.assert_array_equal(out["amodal_masks"][0], np.rot90(target["amodal_masks"][0], k))
+    assert seen == {0, 1, 2, 3}
+
+
+def test_crops_cut_maps_at_the_image_window_and_drop_amodal_masks_with_boxes() -> None:
+    image, target = _dense_sample()
+    compose = build_transforms(True, hflip=0.0, crop=12)
+    dropped = kept = 0
+    for seed in range(25):
+        out_image, out = apply_transforms(compose, image, target, seed=seed)
+        r, c = _window(out_image, image)
+        np.testing.assert_array_equal(out_image, image[r : r + 12, c : c + 12])
+        for key in DENSE_KEYS:
+            np.testing.assert_array_equal(out[key], target[key][r : r + 12, c : c + 12])
+        assert len(out["amodal_masks"]) == len(out["masks"]) == len(out["nucleus_masks"]) == len(out["boxes"])
+        if len(out["boxes"]):
+            kept += 1
+            np.testing.assert_array_equal(
+                out["nucleus_masks"][0], target["nucleus_masks"][0, r : r + 12, c : c + 12]
+            )
+            np.testing.assert_array_equal(
+                out["amodal_masks"][0], target["amodal_masks"][0, r : r + 12, c : c + 12]
+            )
+        else:
+            dropped += 1
+    assert kept and dropped
+
+
+def test_padding_fills_maps_with_zero() -> None:
+    image, target = _dense_sample()
+    _, out = apply_transforms(build_transforms(True, hflip=0.0, crop=32), image, target, seed=0)
+    assert out["semantic"].shape == (32, 32) and out["weights"].shape == (32, 32)
+    assert out["semantic"].sum() == target["semantic"].sum()  # every class pixel kept, the rest is 0
+    assert out["weights"].sum() == pytest.approx(target["weights"].sum(), rel=1e-6)
+
+
+def test_resize_is_nearest_neighbour_for_class_and_float_maps() -> None:
+    image, target = _dense_sample()
+    out_image, out = apply_transforms(build_transforms(False, resize=2 * W), image, target)
+    assert out_image.shape == (2 * H, 2 * W, 1)
+    for key in (*DENSE_KEYS,):
+        up = np.repeat(np.repeat(target[key], 2, axis=0), 2, axis=1)
+        np.testing.assert_array_equal(out[key], up)
+        assert out[key].dtype == target[key].dtype
+    np.testing.assert_array_equal(
+        out["amodal_masks"][0], np.repeat(np.repeat(target["amodal_masks"][0], 2, 0), 2, 1)
+    )
+    _, down = apply_transforms(build_transforms(False, resize=17), image, target)  # odd factor: no blends
+    assert set(np.unique(down["semantic"])) <= {0, 1, 2}
+    assert set(np.unique(down["weights"])) <= set(np.unique(target["weights"]))
+    assert down["area"][0] == down["masks"][0].sum()  # area stays the visible mask's
+
+
+@pytest.mark.filterwarnings("ignore:Got processor")
+def test_photometric_changes_leave_maps_alone() -> None:
+    image, target = _dense_sample()
+    out_image, out = apply_transforms(
+        build_transforms(True, hflip=0.0, brightness_contrast=1.0), image, target, 2
+    )
+    assert not np.array_equal(out_image, image)
+    for key in DENSE_KEYS:
+        np.testing.assert_array_equal(out[key], target[key])
+
+
+def test_dense_keys_do_not_change_the_rest_of_the_sample() -> None:
+    image, target = _dense_sample()
+    plain = {k: v for k, v in target.items() if k not in (*DENSE_KEYS, "amodal_masks", "nucleus_masks")}
+    compose = build_transforms(True, vflip=0.5, rotate90=0.5, brightness_contrast=0.5, crop=16)
+    for seed in range(6):
+        a_image, a = apply_transforms(compose, image, plain, seed=seed)
+        b_image, b = apply_transforms(compose, image, target, seed=seed)
+        np.testing.assert_array_equal(a_image, b_image)
+        for key in plain:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_empty_target_still_moves_maps_and_keeps_empty_amodal_stack() -> None:
+    image, target = _dense_sample()
+    empty = {
+        "boxes": np.zeros((0, 4), np.float32),
+        "labels": np.zeros(0, np.int64),
+        "amodal_masks": np.zeros((0, H, W), np.uint8),
+        "semantic": target["semantic"],
+    }
+    _, out = apply_transforms(build_transforms(True, hflip=1.0), image, empty, 0)
+    assert out["amodal_masks"].shape == (0, H, W)
+    np.testing.assert_array_equal(out["semantic"], target["semantic"][:, ::-1])
+
+
+def test_map_values_beyond_float32_precision_are_refused() -> None:
+    image, target = _dense_sample()
+    target["ids"] = np.full((H, W), 2**25, np.int64)
+    with pytest.raises(ValueError, match="per-pixel map 'ids' has values beyond"):
+        apply_transforms(build_transforms(True), image, target, 0)

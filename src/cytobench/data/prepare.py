@@ -38,8 +38,12 @@ def ensure_simulated(simulator: Callable[..., Any], out_dir: str | Path, **kwarg
     shutil.rmtree(tmp, ignore_errors=True)
     name = getattr(simulator, "__name__", "simulator")
     print(f"{name}: writing {out_dir} (once; later runs reuse it)", file=sys.stderr, flush=True)
-    simulator(out_dir=tmp, **kwargs)
-    (tmp / MARKER).write_text(json.dumps(spec, indent=2))
+    try:
+        simulator(out_dir=tmp, **kwargs)
+        (tmp / MARKER).write_text(json.dumps(spec, indent=2))
+    except BaseException:  # a bad argument or an interrupt leaves no half-written folder behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         if out_dir.exists():
             out_dir.rmdir()  # empty folder left by a user; replaced by the finished dataset

@@ -12,6 +12,16 @@ Conventions:
   selects masks and keypoints by the surviving indices.
 * Keypoints are never removed; a keypoint that leaves the image gets visibility 0. Flips do not swap
   left / right keypoint names (cytology keypoints have no mirror pairs).
+* Instance masks: every per-object mask stack of the target (``masks``, ``amodal_masks`` and any other
+  ``(N, H, W)`` field named ``*_masks``; see :mod:`cytobench.types`) goes through the same geometric
+  steps as the image, nearest-neighbour, and loses the objects whose boxes are dropped.
+* Per-pixel maps: ``semantic`` and every other named ``(H, W)`` array of the target (``weights``,
+  ``overlap``, ...) go through the same geometric steps, **nearest-neighbour whatever their dtype**:
+  flips, 90-degree rotations and crops move pixels exactly; a resize gives each output pixel the value
+  of its nearest source pixel (as for masks), so class maps stay valid classes and float maps (loss
+  weights) keep values of the source map instead of blends across object borders.
+  Photometric steps (brightness / contrast) change the image only. Padding (``crop`` larger than the
+  image) fills masks and maps with 0 (background, weight 0). Maps keep their dtype.
 * Randomness: :func:`apply_transforms` seeds the whole pipeline from an explicit integer before each call
   (``Compose.set_random_seed``), so the output is a pure function of the input and that seed.
 """
@@ -23,10 +33,14 @@ from typing import Any
 
 import numpy as np
 
+from cytobench.types import INSTANCE_MASK_KEYS, PER_OBJECT_KEYS, PLAIN_KEYS
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 
-__all__ = ["apply_transforms", "build_transforms", "derive_seed"]
+__all__ = ["apply_transforms", "build_transforms", "derive_seed", "instance_mask_keys", "pixel_map_keys"]
+
+_EXACT_FLOAT32 = 2**24  # integers up to this size survive a round trip through float32
 
 
 class _ContinuousKeypoints:
@@ -125,6 +139,45 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
+def instance_mask_keys(target: dict[str, Any]) -> list[str]:
+    """Names of the per-object mask stacks of a target: ``masks``, ``amodal_masks``, then other ``*_masks``."""
+    others = [k for k in target if k.endswith("_masks") and k not in INSTANCE_MASK_KEYS]
+    return [
+        key
+        for key in (*INSTANCE_MASK_KEYS, *others)
+        if target.get(key) is not None and np.ndim(target[key]) == 3
+    ]
+
+
+def pixel_map_keys(target: dict[str, Any], height: int, width: int) -> list[str]:
+    """Names of the per-pixel maps of a numpy target, in key order.
+
+    A per-pixel map is any field outside :data:`~cytobench.types.PER_OBJECT_KEYS` and
+    :data:`~cytobench.types.PLAIN_KEYS` holding a 2-D ``(height, width)`` numpy array (``semantic``,
+    ``weights``, ``overlap``, ...).
+    """
+    skip = set(PER_OBJECT_KEYS) | set(PLAIN_KEYS)
+    return [
+        key
+        for key, value in target.items()
+        if key not in skip and isinstance(value, np.ndarray) and value.shape == (height, width)
+    ]
+
+
+def _stack_maps(target: dict[str, Any], keys: list[str]) -> np.ndarray:
+    """(H, W, M) float32 stack of the maps ``keys`` (integer maps must be exact in float32)."""
+    layers = []
+    for key in keys:
+        values = target[key]
+        if not np.issubdtype(values.dtype, np.floating) and values.size:
+            if int(np.abs(values).max()) >= _EXACT_FLOAT32:
+                raise ValueError(
+                    f"per-pixel map '{key}' has values beyond +-2**24; they cannot be transformed"
+                )
+        layers.append(values.astype(np.float32))
+    return np.ascontiguousarray(np.stack(layers, axis=-1))
+
+
 def apply_transforms(
     compose: A.Compose, image: np.ndarray, target: dict[str, Any], seed: int | None = None
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -133,13 +186,15 @@ def apply_transforms(
     Args:
         compose: the pipeline.
         image: float32 ``(H, W, C)`` in [0, 1].
-        target: numpy ``boxes`` (N, 4) xyxy, ``labels`` (N,), optional ``masks`` (N, H, W) uint8,
-            ``keypoints`` (N, K, 3), ``iscrowd`` (N,), ``area`` (N,); other keys are copied.
+        target: numpy ``boxes`` (N, 4) xyxy, ``labels`` (N,), optional ``masks`` / ``amodal_masks`` / other
+            ``*_masks`` (N, H, W) uint8, ``keypoints`` (N, K, 3), ``iscrowd`` (N,), ``area`` (N,), and any per-pixel maps
+            ``(H, W)`` (``semantic``, ``weights``, ...: see :func:`pixel_map_keys`); other keys are copied.
         seed: seeds the pipeline before the call (None keeps its current random state).
 
     Returns:
         ``(image (H', W', C) float32 in [0, 1], target)`` with the dropped objects removed from every
-        per-object array; ``area`` becomes the mask area (or box area without masks).
+        per-object array and every map resampled to ``(H', W')`` (nearest-neighbour, dtype kept); ``area``
+        becomes the visible mask area (or box area without masks).
     """
     if seed is not None:
         compose.set_random_seed(seed)
@@ -159,9 +214,13 @@ def apply_transforms(
         "keypoints": flat_kp.astype(np.float32),
         "kp_idx": np.arange(len(flat_kp)),
     }
-    masks = target.get("masks")
-    if masks is not None and n > 0:
-        inputs["masks"] = np.ascontiguousarray(masks, dtype=np.uint8)
+    mask_keys = instance_mask_keys(target)
+    if mask_keys and n > 0:  # one stack, so every mask set sees the same geometry
+        stacks = [np.asarray(target[key], dtype=np.uint8) for key in mask_keys]
+        inputs["masks"] = np.ascontiguousarray(stacks[0] if len(stacks) == 1 else np.concatenate(stacks))
+    map_keys = pixel_map_keys(target, height, width)
+    if map_keys:
+        inputs["mask"] = _stack_maps(target, map_keys)
     out = compose(**inputs)
     new_image = np.clip(np.asarray(out["image"], dtype=np.float32), 0.0, 1.0)
     if new_image.ndim == 2:
@@ -173,17 +232,23 @@ def apply_transforms(
     for key in ("labels", "iscrowd"):
         if key in target:
             result[key] = np.asarray(target[key])[kept]
-    if masks is not None:
-        result["masks"] = (
-            np.asarray(out["masks"], dtype=np.uint8)[kept]
-            if n > 0
-            else np.zeros((0, new_h, new_w), dtype=np.uint8)
-        )
+    if mask_keys:
+        moved = np.asarray(out["masks"], dtype=np.uint8) if n > 0 else None
+        for i, key in enumerate(mask_keys):
+            result[key] = (
+                moved[i * n : (i + 1) * n][kept]
+                if moved is not None
+                else np.zeros((0, new_h, new_w), dtype=np.uint8)
+            )
+    if map_keys:
+        layers = np.asarray(out["mask"]).reshape(new_h, new_w, len(map_keys))
+        for i, key in enumerate(map_keys):
+            result[key] = np.ascontiguousarray(layers[:, :, i]).astype(target[key].dtype)
     if keypoints is not None:
-        moved = np.zeros_like(flat_kp, dtype=np.float32)
-        moved[np.asarray(out["kp_idx"], dtype=np.int64)] = np.asarray(out["keypoints"])[:, :2]
+        moved_kp = np.zeros_like(flat_kp, dtype=np.float32)
+        moved_kp[np.asarray(out["kp_idx"], dtype=np.int64)] = np.asarray(out["keypoints"])[:, :2]
         new_kp = np.asarray(keypoints, dtype=np.float32).copy()
-        new_kp[:, :, :2] = moved.reshape(n, num_kp, 2)
+        new_kp[:, :, :2] = moved_kp.reshape(n, num_kp, 2)
         new_kp = new_kp[kept]
         outside = (
             (new_kp[..., 0] < 0) | (new_kp[..., 0] > new_w) | (new_kp[..., 1] < 0) | (new_kp[..., 1] > new_h)

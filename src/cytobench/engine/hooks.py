@@ -6,17 +6,16 @@ stopping, checkpointing, so that a checkpoint holds the newest metrics and stopp
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import DataLoader
 
-from cytobench.engine.checkpoint import save_atomic
 from cytobench.engine.distributed import is_main_process
-from cytobench.engine.inference import evaluate
+from cytobench.engine.inference import inference_on_dataset
 from cytobench.evaluation.base import Evaluator
+from cytobench.io.files import save_atomic, write_json_atomic
 
 if TYPE_CHECKING:
     from cytobench.engine.trainer import Trainer
@@ -59,7 +58,9 @@ class EvalHook(Hook):
     def after_epoch(self, trainer: Trainer) -> None:
         if trainer.epoch % self.period and trainer.epoch < trainer.max_epochs and not trainer.should_stop:
             return
-        metrics = evaluate(trainer.unwrapped_model, self.loader, self.evaluator, trainer.device, trainer.amp)
+        metrics = inference_on_dataset(
+            trainer.unwrapped_model, self.loader, self.evaluator, trainer.device, amp=trainer.amp
+        )
         trainer.record_metrics(metrics)
 
 
@@ -165,13 +166,4 @@ class MetricsFile(Hook):
 
     def after_epoch(self, trainer: Trainer) -> None:
         if trainer.metrics_epoch == trainer.epoch and is_main_process():
-            write_json_atomic(self.path, trainer.summary())
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write ``data`` as json via a temp file and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    tmp.replace(path)
+            write_json_atomic(self.path, trainer.summary(), indent=2)

@@ -1,64 +1,95 @@
-"""Run a trained checkpoint on image files and return COCO results (the ``cytobench predict`` command)."""
+"""Run a trained checkpoint on image files and return COCO results (the ``cytobench predict`` command).
+
+Any checkpoint a run wrote (the shared trainer's, or a YOLO run's) is rebuilt as a model of the one
+contract (``model(images) -> list[Prediction]``) and run through the streaming loop
+(:func:`cytobench.engine.inference.inference_on_dataset`) with a :class:`CocoResultsWriter`, so its
+results are converted exactly as the evaluators convert them (:mod:`cytobench.io.coco_convert`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from hydra.utils import instantiate
+from torch.utils.data import DataLoader
 
-from cytobench.engine.checkpoint import load_checkpoint
+from cytobench.data.collate import detection_collate
+from cytobench.data.image_list import ImageListDataset
 from cytobench.engine.distributed import local_device
+from cytobench.engine.inference import inference_on_dataset
 from cytobench.errors import BadInputError
-from cytobench.io.coco import encode_mask
+from cytobench.evaluation.base import Evaluator
+from cytobench.io.checkpoint import load_checkpoint
+from cytobench.io.coco_convert import image_size, prediction_to_coco, to_numpy
+
+__all__ = ["CocoResultsWriter", "load_model_from_checkpoint", "predict_images"]
 
 
 def load_model_from_checkpoint(
-    path: str | Path, device: torch.device
+    path: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the model a training run saved (its config travels inside the checkpoint)."""
+    """Rebuild the model a training run saved (its config travels inside the checkpoint).
+
+    Returns:
+        ``(eval-mode model on device, info)``; ``info`` holds at least ``label_to_cat_id``, ``categories``,
+        ``model_config`` and ``data_config`` (a torch checkpoint's whole content, a YOLO run's metadata).
+    """
+    device = torch.device(device)
+    if _pickle_mentions(path, b"ultralytics"):  # a YOLO run's weights (ultralytics imported only then)
+        from cytobench.models.yolo import load_yolo_model
+
+        model = load_yolo_model(path, device=str(device))
+        info = {**model.metadata, "label_to_cat_id": model.label_to_cat_id, "categories": model.categories}
+        return model.eval(), info
     ckpt = load_checkpoint(path, map_location=device)
     if "model_config" not in ckpt or "model" not in ckpt:
         raise BadInputError(path, "not a cytobench training checkpoint (no model_config)")
     model = instantiate(ckpt["model_config"], num_classes=ckpt["num_classes"])
     model.load_state_dict(ckpt["model"])
+    ckpt["label_to_cat_id"] = {int(k): int(v) for k, v in (ckpt.get("label_to_cat_id") or {}).items()}
+    ckpt.setdefault("categories", [])
     return model.to(device).eval(), ckpt
 
 
-def predictions_to_results(
-    predictions: Sequence[dict[str, Any]],
-    image_ids: Sequence[int],
-    label_to_cat_id: dict[int, int] | None = None,
-) -> list[dict[str, Any]]:
-    """COCO results (bbox xywh, score, category_id; keypoints and RLE masks when predicted)."""
-    results: list[dict[str, Any]] = []
-    for image_id, pred in zip(image_ids, predictions):
-        boxes = _np(pred["boxes"]).reshape(-1, 4)
-        scores, labels = _np(pred["scores"]), _np(pred["labels"])
-        keypoints = _np(pred["keypoints"]) if "keypoints" in pred else None
-        masks = _np(pred["masks"]) if "masks" in pred else None
-        if masks is not None and masks.ndim == 4:  # torchvision (N, 1, H, W) probabilities
-            masks = masks[:, 0] >= 0.5
-        for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
-            label = int(labels[i])
-            item: dict[str, Any] = {
-                "image_id": int(image_id),
-                "category_id": int(label_to_cat_id.get(label, label)) if label_to_cat_id else label,
-                "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "score": float(scores[i]),
-            }
-            if keypoints is not None:
-                item["keypoints"] = keypoints[i].reshape(-1).tolist()
-            if masks is not None:
-                item["segmentation"] = encode_mask(masks[i])
-            results.append(item)
-    return results
+class CocoResultsWriter(Evaluator):
+    """Collects predictions as COCO results (RLE masks) and the images as a COCO dataset dict.
+
+    Args:
+        label_to_cat_id: model label -> dataset category id (a run's checkpoint stores it).
+        categories: COCO categories of the written dataset dict.
+    """
+
+    state_fields = ("results", "images")
+
+    def __init__(
+        self, label_to_cat_id: Mapping[int, int] | None = None, categories: Sequence[Any] = ()
+    ) -> None:
+        self.label_to_cat_id = dict(label_to_cat_id or {})
+        self.categories = list(categories)
+        self.reset()
+
+    def reset(self) -> None:
+        self.results: list[dict[str, Any]] = []
+        self.images: list[dict[str, Any]] = []
+
+    def process_image(self, target: Mapping[str, Any], prediction: Mapping[str, Any]) -> None:
+        image_id = int(to_numpy(target["image_id"]).reshape(-1)[0])
+        height, width = image_size(target, prediction)  # type: ignore[arg-type]
+        name = (target.get("meta") or {}).get("file_name")
+        self.images.append({"id": image_id, "file_name": name, "height": height, "width": width})
+        self.results += prediction_to_coco(prediction, image_id, label_to_cat_id=self.label_to_cat_id)  # type: ignore[arg-type]
+
+    def compute(self) -> dict[str, float]:
+        return {"n_images": float(len(self.images)), "n_results": float(len(self.results))}
+
+    def dataset(self) -> dict[str, Any]:
+        """The images as a COCO dataset dict (no annotations), with the checkpoint's categories."""
+        return {"images": self.images, "annotations": [], "categories": self.categories}
 
 
-@torch.no_grad()
 def predict_images(
     checkpoint: str | Path,
     images: Sequence[Path],
@@ -69,71 +100,17 @@ def predict_images(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Predict on ``images``; returns (COCO results, COCO dataset dict listing the images and categories).
 
-    Works for checkpoints of the shared trainer and for YOLO runs (ultralytics weights carrying
-    cytobench's metadata, see :mod:`cytobench.models.yolo`); predicted masks become RLE
+    Works for checkpoints of the shared trainer and for YOLO runs; predicted masks become RLE
     ``segmentation`` entries. Images are numbered 1..N in the given order unless ``image_ids`` (e.g. a
     ground truth's ids) are given.
     """
-    from cytobench.io.images import read_image_tensor
-
     dev = local_device(device)
-    yolo = _yolo_metadata(checkpoint)
-    if yolo:
-        from omegaconf import OmegaConf
-
-        from cytobench.engine.ultralytics_run import prediction_kwargs
-        from cytobench.models.yolo import load_yolo_segmenter, to_uint8_rgb
-
-        segmenter = load_yolo_segmenter(checkpoint, device=str(dev))
-        label_to_cat_id, categories = segmenter.label_to_cat_id, list(segmenter.categories)
-        kwargs = prediction_kwargs(OmegaConf.create(yolo.get("model_config") or {"imgsz": segmenter.imgsz}))
-        kwargs.pop("batch_size")
-
-        def model(tensors: list[torch.Tensor]) -> list[dict[str, Any]]:
-            images_rgb = [to_uint8_rgb(t.permute(1, 2, 0).numpy()) for t in tensors]
-            return segmenter.predict(images_rgb, **kwargs)  # as the run scored its val set
-
-    else:
-        torch_model, ckpt = load_model_from_checkpoint(checkpoint, dev)
-        label_to_cat_id = {int(k): int(v) for k, v in (ckpt.get("label_to_cat_id") or {}).items()}
-        categories = ckpt.get("categories", [])
-
-        def model(tensors: list[torch.Tensor]) -> list[dict[str, Any]]:
-            return torch_model([t.to(dev) for t in tensors])
-
-    dataset: dict[str, Any] = {"images": [], "annotations": [], "categories": categories}
-    results: list[dict[str, Any]] = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        tensors = [read_image_tensor(p) for p in chunk]
-        ids = (
-            list(image_ids[start : start + len(chunk)])
-            if image_ids
-            else list(range(start + 1, start + 1 + len(chunk)))
-        )
-        for image_id, path, tensor in zip(ids, chunk, tensors):
-            h, w = tensor.shape[-2:]
-            dataset["images"].append(
-                {"id": image_id, "file_name": path.name, "height": int(h), "width": int(w)}
-            )
-        with torch.no_grad():
-            results += predictions_to_results(model(tensors), ids, label_to_cat_id)
-    return results, dataset
-
-
-def _yolo_metadata(checkpoint: str | Path) -> dict[str, Any]:
-    """cytobench's metadata when ``checkpoint`` is a YOLO run's weights, else empty (a torch run).
-
-    ultralytics is imported only for files whose pickle names its modules: importing it patches
-    global state (PIL plugins, its logger), which torch-only runs should not inherit.
-    """
-    if not _pickle_mentions(checkpoint, b"ultralytics"):
-        return {}
-    from cytobench.models.yolo import CKPT_KEY, setup_ultralytics_offline
-
-    setup_ultralytics_offline()  # before unpickling, which imports ultralytics
-    ckpt = load_checkpoint(checkpoint, map_location="cpu")
-    return dict(ckpt.get(CKPT_KEY) or {}) if "model_config" not in ckpt else {}
+    model, info = load_model_from_checkpoint(checkpoint, dev)
+    dataset = ImageListDataset(images, image_ids)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=detection_collate)
+    writer = CocoResultsWriter(info["label_to_cat_id"], info["categories"])
+    inference_on_dataset(model, loader, writer, dev)
+    return writer.results, writer.dataset()
 
 
 def _pickle_mentions(checkpoint: str | Path, name: bytes) -> bool:
@@ -146,7 +123,3 @@ def _pickle_mentions(checkpoint: str | Path, name: bytes) -> bool:
             return any(name in archive.read(n) for n in pickles)
     except (OSError, zipfile.BadZipFile):
         return False  # not a zip: load_checkpoint reports it
-
-
-def _np(value: Any) -> np.ndarray:
-    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)

@@ -13,12 +13,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from cytobench.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
+from cytobench.engine.checkpoint import capture_rng_state, restore_rng_state
 from cytobench.engine.distributed import get_world_size, is_distributed, is_main_process
 from cytobench.engine.hooks import Hook
 from cytobench.engine.inference import to_device
 from cytobench.engine.loggers import Logger
 from cytobench.errors import TrainingDiverged
+from cytobench.io.checkpoint import load_checkpoint
 
 
 class Trainer:

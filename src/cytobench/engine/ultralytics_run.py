@@ -1,7 +1,7 @@
 """Train a YOLO model through ultralytics' own trainer under cytobench's run-folder contract.
 
-``python train.py model=yolov8_seg ...`` (any config whose ``model.backend`` is ``ultralytics``) comes
-here from :func:`cytobench.train.run`. Steps:
+``python train.py model=yolov8_seg ...`` (any model config whose ``_target_`` is
+:func:`cytobench.models.yolo.build_yolo`) comes here from :func:`cytobench.train.run`. Steps:
 
 1. simulate the data if the data config has a ``prepare`` node; export its COCO train / val splits (and
    any ``model.extra_train`` sets) to the YOLO layout in ``run_dir/yolo_data`` with
@@ -12,7 +12,8 @@ here from :func:`cytobench.train.run`. Steps:
    and learning rate to the cytobench logger (CSV / W&B) and keeps ``metrics.json`` current;
 3. ``run_dir/checkpoints/best.pt`` and ``last.pt``: the ultralytics weights with cytobench metadata (see
    :mod:`cytobench.models.yolo`); ultralytics picks best.pt by its fitness (box + mask mAP50-95 on val);
-4. best.pt predicts the val split and the configured evaluator scores it (``coco/segm_AP``, ...); the
+4. best.pt, loaded as a :class:`~cytobench.models.yolo.YoloModel`, predicts the val split through the same
+   streaming loop as every model and the configured evaluator scores it (``coco/segm_AP``, ...); the
    final ``latest`` metrics hold these beside ultralytics' own validation of best.pt (``yolo/mask_mAP50``...).
 
 Epochs are counted from 1; ``step`` counts training batches (ultralytics accumulates gradients to a
@@ -32,12 +33,17 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cytobench.engine.checkpoint import seed_everything
-from cytobench.engine.hooks import write_json_atomic
+from cytobench.engine.inference import inference_on_dataset
 from cytobench.engine.loggers import Logger
+from cytobench.engine.run_setup import build_logger, prepare_data, write_run_config
 from cytobench.errors import BadInputError, CorruptAnnotation
+from cytobench.evaluation.base import Evaluator
 from cytobench.io.coco import load_coco
+from cytobench.io.files import write_json_atomic
 from cytobench.models.yolo import (
+    YoloModel,
     build_yolo_model,
+    load_yolo_model,
     save_yolo_checkpoint,
     setup_ultralytics_offline,
     to_uint8_rgb,
@@ -80,8 +86,10 @@ def export_yolo_dataset(
     splits: Mapping[str, tuple[Path, Path]],
     out_dir: Path,
     extra_train: list[tuple[Path, Path]] | None = None,
+    task: str = "segment",
 ) -> tuple[Path, list[dict[str, Any]]]:
-    """Export COCO splits (polygons / RLE) to the YOLO-seg layout; returns ``(data.yaml, categories)``.
+    """Export COCO splits to the YOLO layout (``detect``: boxes, ``segment``: polygons from polygons / RLE);
+    returns ``(data.yaml, categories)``.
 
     ``extra_train`` sets go to their own folders (``images/extra0``, ...) listed under ``train``.
 
@@ -101,7 +109,7 @@ def export_yolo_dataset(
             other = [(int(c["id"]), c["name"]) for c in load_coco(ann)["categories"]]
             if other != [(int(c["id"]), c["name"]) for c in categories]:
                 raise CorruptAnnotation(ann, f"categories {other} differ from those of {train_ann.name}")
-        export_yolo(ann, images, out_dir, split=split, task="segment", category_map=mapping)
+        export_yolo(ann, images, out_dir, split=split, task=task, category_map=mapping)
         _make_yolo_readable(out_dir / "images" / split)
     train = ["images/train", *[f"images/{s}" for s in named if s.startswith("extra")]]
     lines = [f"path: {json.dumps(str(out_dir.resolve()))}", f"train: [{', '.join(train)}]", "val: images/val"]
@@ -170,7 +178,7 @@ class EpochRecorder:
         self.logger.log_metrics({"epoch": self.epoch, **self.latest}, self.step)
         if not math.isnan(fitness) and (self.best_value is None or fitness >= self.best_value):
             self.best_value, self.best_epoch = fitness, self.epoch  # ultralytics saves best.pt on ties too
-        write_json_atomic(self.metrics_path, self.summary(self.latest))
+        write_json_atomic(self.metrics_path, self.summary(self.latest), indent=2)
         self._loop_done = bool(trainer.stop)
 
     def summary(self, latest: Mapping[str, float], stopped_early: str | None = None) -> dict[str, Any]:
@@ -214,140 +222,160 @@ def train_arguments(
     }
 
 
-def run_ultralytics(cfg: DictConfig, run_dir: Path) -> float | None:
-    """Train, checkpoint and score one YOLO configuration; returns ``latest[trainer.monitor]`` (sweeps)."""
+def run_yolo(cfg: DictConfig, run_dir: Path) -> float | None:
+    """``python train.py`` for a model config whose ``_target_`` is :func:`cytobench.models.yolo.build_yolo`.
+
+    Reads the config once and hands explicit arguments to :func:`train_yolo`.
+    """
+    from hydra.utils import instantiate
+
+    tcfg = cfg.trainer
+    if tcfg.get("resume"):
+        raise BadInputError(str(tcfg.resume), "trainer.resume is not supported for ultralytics runs")
+    write_run_config(run_dir, cfg)
+    setup_ultralytics_offline(run_dir / ".ultralytics")
+    seed_everything(cfg.seed, deterministic=tcfg.deterministic)
+    model = instantiate(cfg.model)
+    logger = build_logger(cfg.get("logger"), run_dir)
+    logger.log_config(OmegaConf.to_container(cfg, resolve=True))
+    try:
+        latest = train_yolo(
+            model,
+            run_dir=run_dir,
+            data_cfg=cfg.data,
+            evaluator=instantiate(cfg.evaluator),
+            logger=logger,
+            device=ultralytics_device(tcfg.device),
+            model_config=OmegaConf.to_container(cfg.model, resolve=True),
+            data_config=OmegaConf.to_container(cfg.data, resolve=True),
+        )
+    finally:
+        logger.finish()
+    return latest.get(tcfg.monitor) if tcfg.get("monitor") else None
+
+
+def train_yolo(
+    model: YoloModel,
+    *,
+    run_dir: Path,
+    data_cfg: DictConfig,
+    evaluator: Evaluator,
+    logger: Logger,
+    device: str,
+    model_config: Mapping[str, Any],
+    data_config: Mapping[str, Any],
+) -> dict[str, float]:
+    """Train, checkpoint and score one YOLO model; writes ``metrics.json`` and returns its ``latest``.
+
+    Args:
+        model: an untrained :class:`YoloModel` from :func:`build_yolo` (its ``train_settings``).
+        run_dir: the run folder (``checkpoints/``, ``metrics.json``, ``yolo_data/``, ``ultralytics/``).
+        data_cfg: the data config (``prepare`` node, COCO splits).
+        evaluator: scores the val split after training (e.g. ``coco/segm_AP``).
+        logger: receives each epoch's losses and ultralytics' val metrics.
+        device: ultralytics' device string.
+        model_config / data_config: stored in the checkpoints (what ``cytobench predict`` rebuilds from).
+    """
     from hydra.utils import instantiate
 
     from cytobench.reporting.tables import format_metrics
-    from cytobench.train import build_logger, prepare_data
 
-    mcfg, tcfg = cfg.model, cfg.trainer
-    if tcfg.get("resume"):
-        raise BadInputError(str(tcfg.resume), "trainer.resume is not supported for ultralytics runs")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    setup_ultralytics_offline(run_dir / ".ultralytics")
-    seed_everything(cfg.seed, deterministic=tcfg.deterministic)
-    device = ultralytics_device(tcfg.device)
-
+    settings = model.train_settings
     start, start_cpu = time.perf_counter(), time.process_time()
-    prepare_data(cfg.data)
+    prepare_data(data_cfg)
     extra = []
-    for item in mcfg.get("extra_train") or []:
+    for item in settings.get("extra_train") or []:
         if item.get("prepare") is not None:
-            instantiate(item.prepare)
-        extra.append((Path(item.images), Path(item.ann_file)))
-    splits = coco_splits(cfg.data)
-    data_yaml, categories = export_yolo_dataset(splits, run_dir / "yolo_data", extra)
+            instantiate(item["prepare"])
+        extra.append((Path(item["images"]), Path(item["ann_file"])))
+    splits = coco_splits(data_cfg)
+    data_yaml, categories = export_yolo_dataset(splits, run_dir / "yolo_data", extra, task=model.task)
 
-    logger = build_logger(cfg.get("logger"), run_dir)
-    logger.log_config(OmegaConf.to_container(cfg, resolve=True))
     recorder = EpochRecorder(logger, run_dir / "metrics.json", run_dir)
-    try:
-        model = build_yolo_model(mcfg.arch, mcfg.get("weights_path"))
-        model.add_callback("on_fit_epoch_end", recorder)
-        args = train_arguments(
-            OmegaConf.to_container(mcfg.train_args, resolve=True),
-            imgsz=mcfg.imgsz,
-            data_yaml=data_yaml,
-            project=run_dir,
-            device=device,
+    yolo = build_yolo_model(settings["arch"], settings.get("weights_path"))
+    if getattr(yolo, "task", model.task) != model.task:
+        raise BadInputError(
+            "model.arch", f"is an ultralytics {yolo.task} model but model.task is {model.task}"
         )
-        model.train(**args)
-        trainer = model.trainer
-        metadata = {
-            "backend": "ultralytics",
-            "task": "segment",
-            "categories": categories,
-            "label_to_cat_id": {i + 1: int(c["id"]) for i, c in enumerate(categories)},
-            "imgsz": int(mcfg.imgsz),
-            "model_config": OmegaConf.to_container(mcfg, resolve=True),
-            "data_config": OmegaConf.to_container(cfg.data, resolve=True),
-            "ultralytics_version": _ultralytics_version(),
-        }
-        ckpt_dir = run_dir / "checkpoints"
-        for name, source in (("last", trainer.last), ("best", trainer.best)):
-            if Path(source).is_file():
-                epoch = recorder.best_epoch if name == "best" else recorder.epoch
-                save_yolo_checkpoint(source, ckpt_dir / f"{name}.pt", {**metadata, "epoch": epoch})
-        shutil.rmtree(Path(trainer.wdir), ignore_errors=True)  # stripped copies of the files above
+    yolo.add_callback("on_fit_epoch_end", recorder)
+    args = train_arguments(
+        settings["train_args"], imgsz=settings["imgsz"], data_yaml=data_yaml, project=run_dir, device=device
+    )
+    yolo.train(**args)
+    trainer = yolo.trainer
+    metadata = {
+        "backend": "ultralytics",
+        "task": model.task,
+        "categories": categories,
+        "label_to_cat_id": {i + 1: int(c["id"]) for i, c in enumerate(categories)},
+        "imgsz": int(settings["imgsz"]),
+        "model_config": dict(model_config),
+        "data_config": dict(data_config),
+        "ultralytics_version": _ultralytics_version(),
+    }
+    ckpt_dir = run_dir / "checkpoints"
+    for name, source in (("last", trainer.last), ("best", trainer.best)):
+        if Path(source).is_file():
+            epoch = recorder.best_epoch if name == "best" else recorder.epoch
+            save_yolo_checkpoint(source, ckpt_dir / f"{name}.pt", {**metadata, "epoch": epoch})
+    shutil.rmtree(Path(trainer.wdir), ignore_errors=True)  # stripped copies of the files above
 
-        best = ckpt_dir / "best.pt" if (ckpt_dir / "best.pt").is_file() else ckpt_dir / "last.pt"
-        # wall and process-CPU seconds of data, export, training and checkpoints, then of the scoring
-        timing = {
-            "time/train_s": time.perf_counter() - start,
-            "time/train_cpu_s": time.process_time() - start_cpu,
-        }
-        evaluator = instantiate(cfg.evaluator)
-        coco = score_checkpoint(best, splits["val"], evaluator, device=device, **prediction_kwargs(mcfg))
-        timing["time/eval_s"] = time.perf_counter() - start - timing["time/train_s"]
-        latest = {**(recorder.final or {}), **coco, **timing}
-        logger.log_metrics({"epoch": recorder.epoch, **latest}, recorder.step)
-    finally:
-        logger.finish()
-    max_epochs = int(mcfg.train_args.get("epochs", recorder.epoch))
+    best = ckpt_dir / "best.pt" if (ckpt_dir / "best.pt").is_file() else ckpt_dir / "last.pt"
+    # wall and process-CPU seconds of data, export, training and checkpoints, then of the scoring
+    timing = {
+        "time/train_s": time.perf_counter() - start,
+        "time/train_cpu_s": time.process_time() - start_cpu,
+    }
+    coco = score_checkpoint(best, splits["val"], evaluator, device=device, batch_size=model.eval_batch_size)
+    timing["time/eval_s"] = time.perf_counter() - start - timing["time/train_s"]
+    latest = {**(recorder.final or {}), **coco, **timing}
+    logger.log_metrics({"epoch": recorder.epoch, **latest}, recorder.step)
+    max_epochs = int(settings["train_args"].get("epochs", recorder.epoch))
     stopped = (
-        f"early stopping (ultralytics patience {mcfg.train_args.get('patience')}) after epoch {recorder.epoch}"
+        f"early stopping (ultralytics patience {settings['train_args'].get('patience')}) after epoch {recorder.epoch}"
         if recorder.epoch < max_epochs
         else None
     )
     summary = recorder.summary(latest, stopped)
     summary["final"] = {"checkpoint": str(best), "epoch": recorder.best_epoch}
-    write_json_atomic(run_dir / "metrics.json", summary)
+    write_json_atomic(run_dir / "metrics.json", summary, indent=2)
     print(
         f"\nmetrics of {best.name} (epoch {recorder.best_epoch}) after {recorder.epoch} epochs ({run_dir}):"
     )
     print(format_metrics(latest))
-    return latest.get(tcfg.monitor) if tcfg.get("monitor") else None
-
-
-def prediction_kwargs(mcfg: DictConfig) -> dict[str, Any]:
-    """How a run predicts for scoring (``model.eval``): ``cytobench predict`` reuses it, so it scores alike."""
-    ev = mcfg.get("eval") or {}
-    return {
-        "imgsz": int(ev.get("imgsz") or mcfg.imgsz),
-        "conf": float(ev.get("conf", 0.001)),
-        "iou": float(ev.get("iou", 0.7)),
-        "max_det": int(ev.get("max_det", 300)),
-        "batch_size": int(ev.get("batch_size", 8)),
-    }
+    return latest
 
 
 def score_checkpoint(
     checkpoint: Path,
     split: tuple[Path, Path],
-    evaluator: Any,
+    evaluator: Evaluator,
     *,
     device: str = "cpu",
-    imgsz: int | None = None,
-    conf: float = 0.001,
-    iou: float = 0.7,
-    max_det: int = 300,
     batch_size: int = 8,
 ) -> dict[str, float]:
     """Predict a COCO split with a YOLO checkpoint and score it with a cytobench evaluator.
 
-    Args:
-        checkpoint: YOLO-seg weights (see :func:`~cytobench.models.yolo.load_yolo_segmenter`).
-        split: ``(images_dir, ann_file)``; its categories must be the checkpoint's, in the same order.
-        evaluator: e.g. ``CocoEvaluator(iou_types=("bbox", "segm"))``; reset first.
-        device, imgsz, conf, iou, max_det, batch_size: see :meth:`YoloSegmenter.predict`.
-    """
-    from cytobench.data.coco_dataset import CocoDetectionDataset
-    from cytobench.models.yolo import load_yolo_segmenter
+    The checkpoint predicts as its run configured (``model.eval``: imgsz, conf, iou, max_det), through
+    the same streaming loop as every model (:func:`cytobench.engine.inference.inference_on_dataset`).
 
-    segmenter = load_yolo_segmenter(checkpoint, device=device)
-    dataset = CocoDetectionDataset(split[0], split[1], with_masks=True)
-    evaluator.reset()
-    for start in range(0, len(dataset), batch_size):
-        indices = range(start, min(start + batch_size, len(dataset)))
-        items = [dataset.load_raw(i) for i in indices]
-        preds = segmenter.predict(
-            [to_uint8_rgb(img) for img, _ in items], imgsz=imgsz, conf=conf, iou=iou, max_det=max_det
-        )
-        targets = [{**t, "image_id": dataset.images[i]["id"]} for i, (_, t) in zip(indices, items)]
-        evaluator.process(targets, preds)
-    return evaluator.compute()
+    Args:
+        checkpoint: YOLO weights of a cytobench run (see :func:`~cytobench.models.yolo.load_yolo_model`).
+        split: ``(images_dir, ann_file)``; its categories must be the checkpoint's, in the same order.
+        evaluator: e.g. ``CocoEvaluator(iou_types=("bbox", "segm"))``.
+        device: ultralytics' device string.
+        batch_size: images per forward pass.
+    """
+    from torch.utils.data import DataLoader
+
+    from cytobench.data.coco_dataset import CocoDetectionDataset
+    from cytobench.data.collate import detection_collate
+
+    model = load_yolo_model(checkpoint, device=device)
+    dataset = CocoDetectionDataset(split[0], split[1], with_masks=model.task == "segment")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=detection_collate)
+    torch_device = "cpu" if device == "cpu" else f"cuda:{device.split(',')[0]}"
+    return inference_on_dataset(model, loader, evaluator, torch_device)
 
 
 def _ultralytics_version() -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from cytobench.evaluation.base import Evaluator, EvaluatorList, to_numpy
 from cytobench.evaluation.boxes import box_area, box_iog, box_iou
 from cytobench.evaluation.coco import CocoEvaluator, accumulate_coco, evaluate_coco, summarize_coco
-from cytobench.evaluation.coco_format import coco_gt_from_targets, coco_results_from_predictions
 from cytobench.evaluation.curves import average_precision, log_average_miss_rate, miss_rate_fppi, pr_curve
 from cytobench.evaluation.enumeration import (
     EnumerationEvaluator,
@@ -27,6 +26,7 @@ from cytobench.evaluation.localization import (
 )
 from cytobench.evaluation.pixel import PixelEvaluator, confusion_matrix, metrics_from_confusion, pixel_metrics
 from cytobench.evaluation.stats import compare_groups, mean_std, paired_ttest, summarize_runs, welch_ttest
+from cytobench.io.coco_convert import coco_gt_from_targets, coco_results_from_predictions
 
 __all__ = [
     "CocoEvaluator",

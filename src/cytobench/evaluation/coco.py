@@ -32,14 +32,13 @@ import numpy as np
 
 from cytobench.errors import BadInputError
 from cytobench.evaluation.base import Evaluator
-from cytobench.evaluation.coco_format import (
+from cytobench.evaluation.coco_prepare import prepare_gt, prepare_results
+from cytobench.io.coco_convert import (
     coco_gt_from_targets,
     coco_results_from_predictions,
     image_size,
     make_categories,
     prediction_to_coco,
-    prepare_gt,
-    prepare_results,
     target_to_coco,
 )
 from cytobench.types import Prediction, Target
@@ -330,19 +329,32 @@ class CocoEvaluator(Evaluator):
         self._results: list[dict[str, Any]] = []
         self._seen: set[int] = set()
 
-    def process(self, targets: Sequence[Target], predictions: Sequence[Prediction]) -> None:
-        if len(targets) != len(predictions):
-            raise ValueError(f"got {len(targets)} targets but {len(predictions)} predictions")
+    def process_image(self, target: Target, pred: Prediction) -> None:
         masks = "segm" in self.iou_types
         kps = "keypoints" in self.iou_types
-        for target, pred in zip(targets, predictions):
-            image, anns = target_to_coco(target, len(self._anns) + 1, image_size(target, pred), masks, kps)
-            if image["id"] in self._seen:
-                raise BadInputError("targets", f"image_id {image['id']} was processed twice")
-            self._seen.add(image["id"])
-            self._images.append(image)
-            self._anns.extend(anns)
-            self._results.extend(prediction_to_coco(pred, image["id"], masks, kps))
+        image, anns = target_to_coco(target, len(self._anns) + 1, image_size(target, pred), masks, kps)
+        if image["id"] in self._seen:
+            raise BadInputError("targets", f"image_id {image['id']} was processed twice")
+        self._seen.add(image["id"])
+        self._images.append(image)
+        self._anns.extend(anns)
+        self._results.extend(prediction_to_coco(pred, image["id"], masks, kps))
+
+    def state(self) -> dict[str, Any]:
+        return {"images": self._images, "annotations": self._anns, "results": self._results}
+
+    def load_states(self, states: Sequence[dict[str, Any]]) -> None:
+        """Union of several ranks' states; annotation ids are renumbered 1..N in rank order."""
+        self.reset()
+        for state in states:
+            for image in state["images"]:
+                if image["id"] in self._seen:
+                    raise BadInputError("targets", f"image_id {image['id']} was processed twice")
+                self._seen.add(image["id"])
+            self._images.extend(state["images"])
+            first = len(self._anns) + 1
+            self._anns.extend({**ann, "id": first + i} for i, ann in enumerate(state["annotations"]))
+            self._results.extend(state["results"])
 
     def coco_gt(self) -> dict[str, Any]:
         """The accumulated ground truth as a COCO dataset dict."""

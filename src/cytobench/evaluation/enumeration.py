@@ -232,19 +232,18 @@ class EnumerationEvaluator(Evaluator):
         self.prefix = prefix
         self.reset()
 
+    state_fields = ("_gt", "_det", "_scores")
+
     def reset(self) -> None:
         self._gt: list[np.ndarray] = []
         self._det: list[np.ndarray] = []
         self._scores: list[np.ndarray] = []
 
-    def process(self, targets: Sequence[Target], predictions: Sequence[Prediction]) -> None:
-        if len(targets) != len(predictions):
-            raise ValueError(f"got {len(targets)} targets but {len(predictions)} predictions")
-        for target, pred in zip(targets, predictions):
-            boxes = to_numpy(target["boxes"]).astype(np.float64).reshape(-1, 4)
-            self._gt.append(boxes[non_crowd(target)])
-            self._det.append(to_numpy(pred["boxes"]).astype(np.float64).reshape(-1, 4))
-            self._scores.append(to_numpy(pred["scores"]).astype(np.float64).ravel())
+    def process_image(self, target: Target, pred: Prediction) -> None:
+        boxes = to_numpy(target["boxes"]).astype(np.float64).reshape(-1, 4)
+        self._gt.append(boxes[non_crowd(target)])
+        self._det.append(to_numpy(pred["boxes"]).astype(np.float64).reshape(-1, 4))
+        self._scores.append(to_numpy(pred["scores"]).astype(np.float64).ravel())
 
     def compute(self) -> dict[str, float]:
         metrics = enumeration_metrics(

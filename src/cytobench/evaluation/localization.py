@@ -152,18 +152,17 @@ class LocalizationEvaluator(Evaluator):
         self.prefix = prefix
         self.reset()
 
+    state_fields = ("_gt", "_det", "_scores")
+
     def reset(self) -> None:
         self._gt: list[np.ndarray] = []
         self._det: list[np.ndarray] = []
         self._scores: list[np.ndarray] = []
 
-    def process(self, targets: Sequence[Target], predictions: Sequence[Prediction]) -> None:
-        if len(targets) != len(predictions):
-            raise ValueError(f"got {len(targets)} targets but {len(predictions)} predictions")
-        for target, pred in zip(targets, predictions):
-            self._gt.append(_keypoint_positions(target, self.keypoint_index, visible_only=True))
-            self._det.append(_keypoint_positions(pred, self.keypoint_index, visible_only=False))
-            self._scores.append(to_numpy(pred["scores"]).astype(np.float64).ravel())
+    def process_image(self, target: Target, pred: Prediction) -> None:
+        self._gt.append(_keypoint_positions(target, self.keypoint_index, visible_only=True))
+        self._det.append(_keypoint_positions(pred, self.keypoint_index, visible_only=False))
+        self._scores.append(to_numpy(pred["scores"]).astype(np.float64).ravel())
 
     def pr_curves(self) -> dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """``{eps: (recall, precision, thresholds)}`` over everything processed, for plotting."""

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from cytobench.errors import CytobenchError
 from cytobench.evaluation.base import Evaluator, to_numpy
 from cytobench.types import Prediction, Target
 
@@ -145,45 +146,97 @@ def _nanmean(values: np.ndarray) -> float:
 
 
 class PixelEvaluator(Evaluator):
-    """Accumulates a pixel confusion matrix over semantic label maps.
+    """Accumulates a pixel confusion matrix over semantic label maps (its only state).
 
-    ``process`` reads ``target["semantic"]``, an (H, W) int label map, and
-    ``prediction["semantic"]``: (H, W) labels, (H, W) foreground probabilities (binary, thresholded
-    at ``threshold``) or (C, H, W) class scores (argmax). Keys (default prefix):
-    ``pix/{accuracy,precision,recall,f1,iou}_c{k}`` per class k, ``pix/m{metric}`` = mean over
+    ``process`` reads what data sets and models produce: ``target["semantic"]``, the (H, W) int class map
+    of :class:`~cytobench.data.coco_dataset.CocoDetectionDataset` (``with_semantic=True``), and
+    ``prediction["semantic"]``: (C, H, W) class probabilities (argmax; the model contract), or (H, W)
+    labels, or (H, W) foreground probabilities (binary, thresholded at ``threshold``). Keys (default
+    prefix): ``pix/{accuracy,precision,recall,f1,iou}_c{k}`` per class k, ``pix/m{metric}`` = mean over
     all classes (NaN classes skipped), ``pix/m{metric}_fg`` = mean over classes >= 1, and
     ``pix/pixel_accuracy``.
 
     Args:
-        num_classes: C, background included (2 for binary segmentation).
+        num_classes: C, background included (2 for binary segmentation; the data set's
+            ``num_semantic_classes``). None: taken from the predictions (the class axis of probabilities,
+            2 for binary probabilities, else the largest label seen + 1), growing as needed.
         threshold: binary probability threshold.
         ignore_index: target value whose pixels are left out.
         prefix: namespace of the metric keys.
+
+    Raises (in ``process``):
+        CytobenchError: a target or prediction without ``semantic``.
+        ValueError: a prediction of another size or class count than its target / ``num_classes``.
     """
+
+    state_fields = ("confusion",)
 
     def __init__(
         self,
-        num_classes: int = 2,
+        num_classes: int | None = None,
         threshold: float = 0.5,
         ignore_index: int | None = None,
         prefix: str = "pix",
     ) -> None:
-        self.num_classes = int(num_classes)
+        self.num_classes = None if num_classes is None else int(num_classes)
         self.threshold = float(threshold)
         self.ignore_index = ignore_index
         self.prefix = prefix
         self.reset()
 
     def reset(self) -> None:
-        self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+        size = self.num_classes or 0
+        self.confusion = np.zeros((size, size), dtype=np.int64)
 
-    def process(self, targets: Sequence[Target], predictions: Sequence[Prediction]) -> None:
-        if len(targets) != len(predictions):
-            raise ValueError(f"got {len(targets)} targets but {len(predictions)} predictions")
-        for target, pred in zip(targets, predictions):
-            tgt = to_numpy(target["semantic"]).astype(np.int64)  # type: ignore[typeddict-item]
-            labels = to_label_map(pred["semantic"], tgt.ndim, self.threshold)  # type: ignore[typeddict-item]
-            self.confusion += confusion_matrix(labels, tgt, self.num_classes, self.ignore_index)
+    def _grow(self, size: int) -> None:
+        """Pad the confusion matrix to ``size`` classes (only when ``num_classes`` is None)."""
+        old = len(self.confusion)
+        if size > old:
+            grown = np.zeros((size, size), dtype=np.int64)
+            grown[:old, :old] = self.confusion
+            self.confusion = grown
+
+    def process_image(self, target: Target, prediction: Prediction) -> None:
+        image = f"image {target.get('image_id', '?')}"
+        if target.get("semantic") is None:
+            raise CytobenchError(
+                f"PixelEvaluator: the target of {image} has no 'semantic' map "
+                "(build the data set with with_semantic=True)"
+            )
+        if prediction.get("semantic") is None:
+            raise CytobenchError(
+                f"PixelEvaluator: the prediction for {image} has no 'semantic' (C, H, W) class probabilities"
+            )
+        tgt = to_numpy(target["semantic"]).astype(np.int64)
+        raw = to_numpy(prediction["semantic"])
+        scores = raw.ndim == tgt.ndim + 1
+        if raw.shape[-tgt.ndim :] != tgt.shape or raw.ndim not in (tgt.ndim, tgt.ndim + 1):
+            raise ValueError(
+                f"{image}: prediction 'semantic' of shape {raw.shape} does not fit target {tgt.shape}"
+            )
+        if scores and self.num_classes is not None and raw.shape[-3] != self.num_classes:
+            raise ValueError(
+                f"{image}: prediction 'semantic' has {raw.shape[-3]} classes, the evaluator {self.num_classes}"
+            )
+        labels = to_label_map(raw, tgt.ndim, self.threshold)
+        if self.num_classes is None:
+            valid = tgt[tgt != self.ignore_index] if self.ignore_index is not None else tgt
+            seen = max(int(labels.max(initial=0)), int(valid.max(initial=0))) + 1
+            if scores:
+                seen = max(seen, raw.shape[-3])
+            self._grow(max(2, seen))
+        try:
+            self.confusion += confusion_matrix(labels, tgt, len(self.confusion), self.ignore_index)
+        except ValueError as err:
+            raise ValueError(f"{image}: {err}") from None
+
+    def load_states(self, states: Sequence[dict[str, Any]]) -> None:
+        """Sum the confusion matrices of ``states`` (padded to the largest when classes were inferred)."""
+        self.reset()
+        for state in states:
+            part = np.asarray(state["confusion"], dtype=np.int64)
+            self._grow(len(part))
+            self.confusion[: len(part), : len(part)] += part
 
     def compute(self) -> dict[str, float]:
         metrics = metrics_from_confusion(self.confusion)

@@ -12,8 +12,8 @@ Pipeline per image (paper Secs. 3.2-3.3, then the mosaicism estimate the paper l
    sample ``report.json`` / ``report.md`` (pattern fractions and mosaicism levels with 95% intervals,
    corrected by a confusion matrix when given, and the time split I/O / segmentation / spots / output).
 
-Samples: ``sample`` names every image's sample; otherwise an image belongs to the sample named after its
-folder.
+Samples: ``sample`` names every image's sample; otherwise an image belongs to the sample that
+``folder_samples`` names for its folder, or else to the sample named after its folder.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from cytobench.fish.mosaicism import ConfusionMatrix, IntervalMethod, pattern_na
 from cytobench.fish.overlay import draw_overlay
 from cytobench.fish.report import build_report, render_markdown
 from cytobench.fish.segmenters import WHOLE, Nuclei, Segmenter
-from cytobench.io.coco import write_json_atomic
+from cytobench.io.files import write_json_atomic
 
 __all__ = ["CSV_COLUMNS", "AnalysisResult", "ImageCounts", "analyze_images", "count_signals"]
 
@@ -156,6 +156,7 @@ def analyze_images(
     spot_params: Any = None,
     channels: Mapping[str, int] | None = None,
     sample: str | None = None,
+    folder_samples: Mapping[Path, str] | None = None,
     confusion: ConfusionMatrix | None = None,
     overlays: bool = True,
     confidence: float = 0.95,
@@ -174,6 +175,8 @@ def analyze_images(
         channels: explicit ``{"red": i, "green": j, "dapi": k}`` channel mapping, or None for the rule of
             :mod:`cytobench.fish.channels`.
         sample: sample name of every image; None names each image's sample after its folder.
+        folder_samples: ``{folder: sample name}`` overriding the folder-name rule for images directly in
+            ``folder`` (e.g. a dataset's ``images/`` named after the dataset folder); ignored with ``sample``.
         confusion: counting-error matrix for the corrected mosaicism estimate, or None.
         overlays: write ``overlays/<image stem>.png``.
         confidence: interval level.
@@ -204,7 +207,7 @@ def analyze_images(
         t2 = time.perf_counter()
         found = count_signals(image, nuclei, spot_params)
         t3 = time.perf_counter()
-        name = sample or path.parent.name or "sample"
+        name = sample or (folder_samples or {}).get(path.parent) or path.parent.name or "sample"
         n_images[name] = n_images.get(name, 0) + 1
         rows += _nucleus_rows(path.name, name, nuclei, found.counts)
         used_channels[path.name] = image.channels

@@ -7,18 +7,26 @@ Example::
 
 Writes ``OUT/nuclei.csv``, ``OUT/overlays/*.png``, ``OUT/report.json`` and ``OUT/report.md`` (and
 ``OUT/confusion.json`` with ``--calibrate``).
+
+``--images`` also takes a dataset folder as ``cytobench simulate fish`` writes it (``images/`` beside
+``annotations.json`` or ``train.json`` / ``val.json``): its ``images/`` are analysed as one sample named
+after the folder; the json is not read (``fish analyze`` takes no ground truth).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cytobench.errors import CytobenchError
 
-__all__ = ["add_analyze_arguments", "run_analyze"]
+__all__ = ["add_analyze_arguments", "find_fish_images", "run_analyze"]
+
+#: COCO files a dataset folder may hold beside its ``images/`` (what ``cytobench simulate`` writes).
+DATASET_FILES = ("annotations.json", "train.json", "val.json")
 
 
 def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,8 +72,78 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
 
 
-def run_analyze(args: argparse.Namespace, images: Sequence[Path]) -> None:
-    """Run ``fish analyze`` on the listed images with the parsed options; prints a summary."""
+def find_fish_images(paths: Sequence[str | Path]) -> tuple[list[Path], dict[Path, str]]:
+    """Image files of ``--images``; a dataset folder (``images/`` + COCO json) stands for its ``images/``.
+
+    A folder with no image files of its own but an ``images/`` subfolder (as ``cytobench simulate fish``
+    writes) is read through that subfolder, with one line on stderr saying so and naming any COCO json
+    beside it (not used: ``fish analyze`` takes no ground truth).
+
+    Args:
+        paths: image files and/or folders, as given to ``--images``.
+
+    Returns:
+        ``(images, folder_samples)``: the image files (:func:`cytobench.cli.list_images` order) and, per
+        substituted ``images/`` folder, the sample name to use for its images (the dataset folder's name).
+
+    Raises:
+        BadInputError: a path does not exist, or no images are found (one line).
+    """
+    from cytobench.cli import IMAGE_SUFFIXES, list_images
+
+    resolved: list[Path] = []
+    folder_samples: dict[Path, str] = {}
+    for raw in paths:
+        path = Path(raw)
+        inner = path / "images"
+        if (
+            path.is_dir()
+            and inner.is_dir()
+            and not any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())
+        ):
+            found = [name for name in DATASET_FILES if (path / name).is_file()]
+            note = f"fish analyze: {path} is a dataset folder: reading {inner}"
+            if found:
+                verb = "is" if len(found) == 1 else "are"
+                note += f"; {', '.join(found)} beside it {verb} not used (fish analyze takes no ground truth)"
+            print(note, file=sys.stderr)
+            folder_samples[inner] = path.resolve().name or "sample"
+            path = inner
+        resolved.append(path)
+    return list_images(resolved), folder_samples
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """One-line errors for option values that are out of range."""
+    if args.confusion and args.calibrate:
+        raise CytobenchError("fish analyze: give --confusion FILE or --calibrate N, not both")
+    if args.n_boot < 10 or args.calibrate < 0:
+        raise CytobenchError("fish analyze: --n-boot must be >= 10 and --calibrate >= 0")
+    if args.nucleus_diameter is not None and not (
+        math.isfinite(args.nucleus_diameter) and args.nucleus_diameter > 0
+    ):
+        raise CytobenchError(f"fish analyze: --nucleus-diameter must be > 0 px, got {args.nucleus_diameter}")
+    if not (math.isfinite(args.threshold) and args.threshold >= 0):
+        raise CytobenchError(f"fish analyze: --threshold must be >= 0 (8-bit scale), got {args.threshold}")
+    if not 0.0 <= args.conf <= 1.0:
+        raise CytobenchError(f"fish analyze: --conf must be in [0, 1], got {args.conf}")
+    if args.imgsz is not None and args.imgsz < 1:
+        raise CytobenchError(f"fish analyze: --imgsz must be a positive size in px, got {args.imgsz}")
+    if args.tile is not None and args.tile < 0:
+        raise CytobenchError(f"fish analyze: --tile must be >= 0 (0: off), got {args.tile}")
+
+
+def run_analyze(
+    args: argparse.Namespace, images: Sequence[Path], folder_samples: Mapping[Path, str] | None = None
+) -> None:
+    """Run ``fish analyze`` on the listed images with the parsed options; prints a summary.
+
+    Args:
+        args: the parsed options (:func:`add_analyze_arguments`).
+        images: image files.
+        folder_samples: sample name per image folder, used when ``--sample`` is not given (see
+            :func:`find_fish_images`); other images take their folder's name.
+    """
     from tqdm.auto import tqdm
 
     from cytobench.fish.analyze import analyze_images
@@ -74,12 +152,10 @@ def run_analyze(args: argparse.Namespace, images: Sequence[Path]) -> None:
     from cytobench.fish.segmenters import build_segmenter
     from cytobench.models.classical.fish_spots import SpotDetectorParams
 
-    if args.confusion and args.calibrate:
-        raise CytobenchError("fish analyze: give --confusion FILE or --calibrate N, not both")
-    if args.n_boot < 10 or args.calibrate < 0:
-        raise CytobenchError("fish analyze: --n-boot must be >= 10 and --calibrate >= 0")
+    _check_options(args)
     try:
         channels = parse_channel_map(args.channels)
+        params = SpotDetectorParams(method=args.spot_method, threshold=args.threshold)
     except ValueError as err:
         raise CytobenchError(f"fish analyze: {err}") from None
     segmenter = build_segmenter(
@@ -91,7 +167,6 @@ def run_analyze(args: argparse.Namespace, images: Sequence[Path]) -> None:
         nucleus_diameter_px=args.nucleus_diameter,
         tile=args.tile,
     )
-    params = SpotDetectorParams(method=args.spot_method, threshold=args.threshold)
     out = Path(args.out)
     confusion = ConfusionMatrix.load(args.confusion) if args.confusion else None
     if args.calibrate:
@@ -113,6 +188,7 @@ def run_analyze(args: argparse.Namespace, images: Sequence[Path]) -> None:
         spot_params=params,
         channels=channels,
         sample=args.sample,
+        folder_samples=folder_samples,
         confusion=confusion,
         overlays=not args.no_overlays,
         method=args.interval,
@@ -122,6 +198,12 @@ def run_analyze(args: argparse.Namespace, images: Sequence[Path]) -> None:
     )
     timing = result.report["timing"]
     for name, entry in result.report["samples"].items():
+        if entry["n_whole"] == 0:
+            print(
+                f"{name}: no whole nuclei in {entry['n_images']} images "
+                f"({entry['n_destroyed']} destroyed); no mosaicism level can be estimated"
+            )
+            continue
         est = entry["mosaicism"].get("corrected", entry["mosaicism"]["plain"])
         levels = ", ".join(
             f"{lv['karyotype']} {100 * lv['fraction']:.1f}% [{100 * lv['lower']:.1f}, {100 * lv['upper']:.1f}]"

@@ -15,7 +15,7 @@ Interval: the wider (union) of two percentile bootstraps, each redrawing the sam
   so the multinomial model alone understates the spread; resampling images keeps that correlation.
 
 Patterns never seen in calibration cannot be explained by any karyotype; their nuclei are left out of the
-fit and reported as ``unexplained``.
+fit and reported as ``unexplained``. With no nucleus left to fit, every level is undefined (NaN).
 """
 
 from __future__ import annotations
@@ -100,6 +100,13 @@ def corrected_estimate(
     unexplained = int(observed[~seen].sum())
     observed = np.where(seen, observed, 0)
     n = int(observed.sum())
+    lo_u, hi_u = wilson_interval(unexplained, n_total, confidence)
+    frac_u = unexplained / n_total if n_total else float("nan")
+    other = KaryotypeLevel("unexplained", frac_u, float(lo_u), float(hi_u), unexplained)
+    if n == 0:  # nothing to unmix: EM would return its uniform start, which is no estimate
+        nan = float("nan")
+        levels = [KaryotypeLevel(k, nan, nan, nan, plain.get(k, 0)) for k in confusion.karyotypes]
+        return MosaicismEstimate(n_total, "corrected", "undefined (no nuclei to unmix)", levels, other)
     p_hat = unmix_patterns(observed, probs)
     p_hat = np.where(p_hat < _ZERO, 0.0, p_hat)
     rng = np.random.default_rng(seed)
@@ -112,12 +119,12 @@ def corrected_estimate(
     )  # (B, K, P)
     p_gen = (n * p_hat + 0.5) / (n + 0.5 * len(p_hat))
     q_gen = p_gen @ smooth
-    boot_obs = rng.multinomial(n, q_gen / q_gen.sum(), size=n_boot) if n else np.zeros((n_boot, len(q_gen)))
+    boot_obs = rng.multinomial(n, q_gen / q_gen.sum(), size=n_boot)
     replicates = [unmix_patterns(boot_obs, boot_m, n_iter=1000, tol=1e-8)]
     label = "parametric"
 
     keys = list(groups) if groups is not None else []
-    if len(set(keys)) >= 2 and n:
+    if len(set(keys)) >= 2:
         ids = {g: i for i, g in enumerate(dict.fromkeys(keys))}
         per_image = np.zeros((len(ids), probs.shape[1]))
         np.add.at(per_image, (np.array([ids[g] for g in keys]), index), 1.0)
@@ -141,8 +148,5 @@ def corrected_estimate(
         KaryotypeLevel(name, float(p_hat[i]), float(lower[i]), float(upper[i]), plain.get(name, 0))
         for i, name in enumerate(confusion.karyotypes)
     ]
-    lo_u, hi_u = wilson_interval(unexplained, n_total, confidence)
-    frac_u = unexplained / n_total if n_total else float("nan")
-    other = KaryotypeLevel("unexplained", frac_u, float(lo_u), float(hi_u), unexplained)
     text = f"{label} bootstrap {confidence:.0%} ({n_boot} replicates each, sample + calibration)"
     return MosaicismEstimate(n_total, "corrected", text, levels, other)

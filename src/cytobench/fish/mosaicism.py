@@ -255,9 +255,9 @@ class KaryotypeLevel:
 
     Attributes:
         karyotype: its name.
-        fraction: point estimate.
-        lower: lower bound of the interval.
-        upper: upper bound.
+        fraction: point estimate (NaN when the sample has no whole nucleus to count).
+        lower: lower bound of the interval (NaN likewise).
+        upper: upper bound (NaN likewise).
         count: nuclei showing the karyotype's exact pattern (plain estimate's numerator).
     """
 
@@ -273,7 +273,7 @@ class MosaicismEstimate:
     """Mosaicism levels of one sample.
 
     Attributes:
-        n_nuclei: whole nuclei counted.
+        n_nuclei: whole nuclei counted; with none, every level is undefined (NaN; ``null`` in json).
         method: ``"plain"`` or ``"corrected"``.
         interval: how the intervals were obtained (e.g. ``"wilson 95%"``, ``"parametric bootstrap 95%"``).
         levels: one :class:`KaryotypeLevel` per karyotype.
@@ -291,13 +291,18 @@ class MosaicismEstimate:
         return next(lv for lv in self.levels if lv.karyotype == karyotype)
 
     def to_json(self) -> dict[str, Any]:
+        """Json-ready dict; undefined (NaN) fractions and bounds become ``None`` (json ``null``)."""
         return {
             "n_nuclei": self.n_nuclei,
             "method": self.method,
             "interval": self.interval,
-            "levels": [vars(lv) for lv in self.levels],
-            "other": vars(self.other),
+            "levels": [_level_json(lv) for lv in self.levels],
+            "other": _level_json(self.other),
         }
+
+
+def _level_json(level: KaryotypeLevel) -> dict[str, Any]:
+    return {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in vars(level).items()}
 
 
 def estimate_mosaicism(

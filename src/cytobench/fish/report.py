@@ -89,8 +89,8 @@ def build_report(
     return {"samples": samples, "timing": timing_out, "settings": dict(settings)}
 
 
-def _pct(value: float) -> str:
-    return "nan" if value != value else f"{100.0 * value:.1f}%"
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{100.0 * value:.1f}%"
 
 
 def _interval(level: Mapping[str, Any]) -> str:
@@ -108,6 +108,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"{entry['n_destroyed']} destroyed nuclei (not counted).",
             "",
         ]
+        if entry["n_whole"] == 0:
+            lines += [
+                "No whole nuclei were found, so no signal pattern or mosaicism level can be estimated.",
+                "",
+            ]
+            continue
         patterns = entry["patterns"][: entry.get("patterns_shown", 12)]
         if patterns:
             rows = [

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
 
 from cytobench.errors import BadInputError, CytobenchError
 from cytobench.fish.channels import FishImage
@@ -61,7 +62,7 @@ class Segmenter(Protocol):
 
 
 class YoloSegmenterAdapter:
-    """YOLOv8-seg checkpoint (``cytobench.models.yolo.load_yolo_segmenter``) as a :class:`Segmenter`.
+    """YOLOv8-seg checkpoint (a :class:`cytobench.models.yolo.YoloModel`) as a :class:`Segmenter`.
 
     Args:
         checkpoint: ``best.pt`` / ``last.pt`` of a ``fish_*`` run.
@@ -86,12 +87,16 @@ class YoloSegmenterAdapter:
         device: str = "cpu",
         tile: int | None = None,
     ) -> None:
-        from cytobench.models.yolo import load_yolo_segmenter
+        from cytobench.models.yolo import load_yolo_model
 
         path = Path(checkpoint)
         if not path.is_file():
             raise BadInputError(path, "checkpoint not found")
-        self.model = load_yolo_segmenter(path, device=device)
+        self.model = load_yolo_model(path, device=device, imgsz=imgsz, conf=conf, iou=iou).eval()
+        if self.model.task != "segment":
+            raise BadInputError(
+                path, f"a YOLO {self.model.task} model; fish analyze needs a segmentation model"
+            )
         names = [str(c.get("name", "")).lower() for c in self.model.categories]
         known = {"whole": WHOLE, "destroyed": DESTROYED}
         if not set(names) <= set(known):
@@ -127,7 +132,13 @@ class YoloSegmenterAdapter:
         return self._to_nuclei(pred, image.shape)
 
     def _predict(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        return self.model.predict(images, imgsz=self.imgsz, conf=self.conf, iou=self.iou)
+        """YOLO on uint8 RGB crops, through the model contract (tensors in [0, 1] in, predictions out)."""
+        tensors = [
+            torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255.0 for img in images
+        ]
+        with torch.no_grad():
+            preds = self.model(tensors)
+        return [{k: v.numpy() for k, v in pred.items()} for pred in preds]
 
     def _to_nuclei(self, pred: dict[str, np.ndarray], shape: tuple[int, int]) -> Nuclei:
         masks = np.asarray(pred["masks"], dtype=bool).reshape(-1, *shape)

@@ -1,4 +1,4 @@
-"""COCO json: validated loading, atomic saving, and conversion to per-image targets / predictions.
+"""COCO json: validated loading and atomic saving (conversion lives in :mod:`cytobench.io.coco_convert`).
 
 Ground truth is a COCO *dataset dict* (``images``, ``annotations``, ``categories``); predictions are a COCO
 *results list* (``image_id``, ``category_id``, ``score`` and ``bbox`` / ``segmentation`` / ``keypoints``).
@@ -13,29 +13,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from cytobench.errors import BadInputError, CorruptAnnotation
+from cytobench.io.files import write_json_atomic
 
-__all__ = [
-    "annotation_to_mask",
-    "coco_to_targets",
-    "encode_mask",
-    "json_default",
-    "load_coco",
-    "load_coco_results",
-    "results_to_predictions",
-    "save_coco",
-    "save_coco_results",
-    "write_json_atomic",
-    "xywh_to_xyxy",
-]
+__all__ = ["BOX_TOLERANCE", "load_coco", "load_coco_results", "save_coco", "save_coco_results"]
 
 BOX_TOLERANCE = 1.0  # pixels a box may exceed its image by (rounding in external tools)
 
@@ -154,141 +139,6 @@ def save_coco_results(path: str | Path, results: Sequence[dict[str, Any]]) -> Pa
     return write_json_atomic(path, list(results))
 
 
-def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
-    """Convert ``(N, 4)`` COCO ``[x, y, w, h]`` boxes to ``(N, 4)`` float32 ``xyxy``."""
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
-
-
-def annotation_to_mask(ann: dict[str, Any], height: int, width: int) -> np.ndarray:
-    """Rasterise an annotation's ``segmentation`` (polygons, uncompressed or compressed RLE).
-
-    Args:
-        ann: a COCO annotation (or result) with a ``segmentation`` entry.
-        height: image height H.
-        width: image width W.
-
-    Returns:
-        ``(H, W)`` uint8 mask in {0, 1}; all zeros when there is no segmentation.
-    """
-    from pycocotools import mask as mask_utils
-
-    segm = ann.get("segmentation")
-    if not segm:
-        return np.zeros((height, width), dtype=np.uint8)
-    if isinstance(segm, list):
-        polygons = [p for p in segm if len(p) >= 6]
-        if not polygons:
-            return np.zeros((height, width), dtype=np.uint8)
-        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-    elif isinstance(segm.get("counts"), list):
-        rle = mask_utils.frPyObjects(segm, height, width)
-    else:
-        counts = segm["counts"]
-        rle = {"size": list(segm["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
-    return np.ascontiguousarray(mask_utils.decode(rle), dtype=np.uint8)
-
-
-def encode_mask(mask: np.ndarray) -> dict[str, Any]:
-    """Encode an ``(H, W)`` binary mask as compressed RLE with ``str`` counts (json-ready)."""
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def coco_to_targets(
-    gt: dict[str, Any], *, with_masks: bool = False, cat_id_to_label: dict[int, int] | None = None
-) -> list[dict[str, Any]]:
-    """Group ground-truth annotations per image, in the order of ``gt["images"]``.
-
-    Crowd annotations are kept (``iscrowd`` = 1) so that evaluators can ignore matches to them.
-
-    Args:
-        gt: a COCO dataset dict (e.g. from :func:`load_coco`).
-        with_masks: also rasterise ``masks``.
-        cat_id_to_label: maps COCO category ids to labels; None keeps the category ids as labels
-            (the same default as :func:`results_to_predictions`, so the two always agree).
-
-    Returns:
-        One dict per image: ``boxes`` (N, 4) float32 xyxy, ``labels`` (N,) int64, ``iscrowd`` (N,) int64,
-        ``area`` (N,) float32, ``keypoints`` (N, K, 3) float32 when any category has keypoints, ``masks``
-        (N, H, W) uint8 if asked, ``image_id`` and ``meta`` {``file_name``, ``orig_size`` (H, W)}.
-    """
-    per_image = _group_by_image(gt["annotations"], [img["id"] for img in gt["images"]])
-    num_kp = max((len(c.get("keypoints") or []) for c in gt["categories"]), default=0)
-    targets = []
-    for img in gt["images"]:
-        anns = per_image[img["id"]]
-        h, w = int(img["height"]), int(img["width"])
-        target: dict[str, Any] = {
-            "boxes": xywh_to_xyxy(np.array([a["bbox"] for a in anns], dtype=np.float32)),
-            "labels": _labels([a["category_id"] for a in anns], cat_id_to_label),
-            "iscrowd": np.array([int(a.get("iscrowd", 0)) for a in anns], dtype=np.int64),
-            "area": np.array([a.get("area", a["bbox"][2] * a["bbox"][3]) for a in anns], dtype=np.float32),
-            "image_id": img["id"],
-            "meta": {"file_name": img["file_name"], "orig_size": (h, w)},
-        }
-        if num_kp:
-            target["keypoints"] = _keypoints(anns, num_kp)
-        if with_masks:
-            target["masks"] = _stack_masks([annotation_to_mask(a, h, w) for a in anns], h, w)
-        targets.append(target)
-    return targets
-
-
-def results_to_predictions(
-    results: Sequence[dict[str, Any]],
-    image_ids: Sequence[int],
-    *,
-    cat_id_to_label: dict[int, int] | None = None,
-    image_sizes: dict[int, tuple[int, int]] | None = None,
-) -> list[dict[str, Any]]:
-    """Group a COCO results list per image, in the order of ``image_ids`` (others are dropped).
-
-    Args:
-        results: COCO results (``bbox`` may be missing when a ``segmentation`` RLE is given).
-        image_ids: the images to produce predictions for.
-        cat_id_to_label: maps category ids to labels; None keeps category ids (see :func:`coco_to_targets`).
-        image_sizes: ``{image_id: (H, W)}``; when given, ``masks`` (M, H, W) uint8 are rasterised.
-
-    Returns:
-        One dict per image: ``boxes`` (M, 4) float32 xyxy, ``scores`` (M,) float32, ``labels`` (M,) int64,
-        ``keypoints`` (M, K, 3) float32 when any result has keypoints, ``masks`` if ``image_sizes``.
-    """
-    from pycocotools import mask as mask_utils
-
-    per_image = _group_by_image(results, image_ids)
-    num_kp = max((len(r.get("keypoints") or []) // 3 for r in results), default=0)
-    predictions = []
-    for image_id in image_ids:
-        res = per_image[image_id]
-        boxes = []
-        for r in res:
-            if "bbox" in r:
-                boxes.append(r["bbox"])
-            elif isinstance(r.get("segmentation"), dict):
-                segm = r["segmentation"]
-                counts = segm["counts"].encode() if isinstance(segm["counts"], str) else segm["counts"]
-                boxes.append(mask_utils.toBbox({"size": segm["size"], "counts": counts}).tolist())
-            else:
-                boxes.append([0.0, 0.0, 0.0, 0.0])
-        pred: dict[str, Any] = {
-            "boxes": xywh_to_xyxy(np.array(boxes, dtype=np.float32)),
-            "scores": np.array([r["score"] for r in res], dtype=np.float32),
-            "labels": _labels([r["category_id"] for r in res], cat_id_to_label),
-            "image_id": image_id,
-        }
-        if num_kp:
-            pred["keypoints"] = _keypoints(res, num_kp)
-        if image_sizes is not None:
-            h, w = image_sizes[image_id]
-            pred["masks"] = _stack_masks([annotation_to_mask(r, h, w) for r in res], h, w)
-        predictions.append(pred)
-    return predictions
-
-
-# ----------------------------------------------------------------------------------------------- helpers
 def _read_json(path: str | Path) -> Any:
     if not Path(path).is_file():
         raise BadInputError(path, "file not found")
@@ -380,61 +230,3 @@ def _check_segmentation(path: str | Path, item: str, ann: dict[str, Any], height
         raise CorruptAnnotation(
             path, f"segmentation must be polygons or RLE, got {type(segm).__name__}", item
         )
-
-
-def _group_by_image(
-    anns: Iterable[dict[str, Any]], image_ids: Iterable[int]
-) -> dict[int, list[dict[str, Any]]]:
-    groups: dict[int, list[dict[str, Any]]] = {i: [] for i in image_ids}
-    for ann in anns:
-        if ann["image_id"] in groups:
-            groups[ann["image_id"]].append(ann)
-    return groups
-
-
-def _labels(cat_ids: list[int], mapping: dict[int, int] | None) -> np.ndarray:
-    values = cat_ids if mapping is None else [mapping[c] for c in cat_ids]
-    return np.array(values, dtype=np.int64).reshape(-1)
-
-
-def _keypoints(anns: list[dict[str, Any]], num_kp: int) -> np.ndarray:
-    """``(N, K, 3)`` float32; annotations without keypoints get zeros (visibility 0)."""
-    out = np.zeros((len(anns), num_kp, 3), dtype=np.float32)
-    for i, ann in enumerate(anns):
-        kps = np.asarray(ann.get("keypoints") or [], dtype=np.float32).reshape(-1, 3)[:num_kp]
-        out[i, : len(kps)] = kps
-    return out
-
-
-def _stack_masks(masks: list[np.ndarray], height: int, width: int) -> np.ndarray:
-    return np.stack(masks).astype(np.uint8) if masks else np.zeros((0, height, width), dtype=np.uint8)
-
-
-def json_default(value: Any) -> Any:
-    """``json.dump`` fallback for NumPy scalars and arrays, bytes and paths."""
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, bytes):
-        return value.decode("ascii")
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} to json")
-
-
-def write_json_atomic(path: str | Path, data: Any, indent: int | None = None) -> Path:
-    """Write ``data`` as json through a temp file renamed into place (NumPy values become numbers)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=indent, default=json_default)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -28,7 +28,8 @@ from typing import Any, Literal
 import numpy as np
 
 from cytobench.errors import UnreadableImage
-from cytobench.io.coco import annotation_to_mask, load_coco
+from cytobench.io.coco import load_coco
+from cytobench.io.coco_convert import annotation_to_mask
 
 __all__ = ["export_yolo", "read_yolo_labels"]
 

@@ -16,7 +16,7 @@ from typing import Any
 from torchvision.models.detection import KeypointRCNN as _TorchvisionKeypointRCNN
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
 
-from cytobench.engine.checkpoint import load_model_weights
+from cytobench.io.checkpoint import load_model_weights
 from cytobench.models.rcnn_parts import AcceptsGrayImages, build_anchor_generator, build_resnet_fpn
 
 

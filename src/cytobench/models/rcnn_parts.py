@@ -12,17 +12,21 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from cytobench.engine.checkpoint import load_model_weights
+from cytobench.io.checkpoint import load_model_weights
 
 DEFAULT_ANCHOR_SIZES = (32, 64, 128, 256, 512)
+
+
+def expand_gray(images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """(C, H, W) images with 1-channel ones repeated to 3 channels (a view, no copy)."""
+    return [img.expand(3, -1, -1) if img.shape[0] == 1 else img for img in images]
 
 
 class AcceptsGrayImages:
     """Mixin for a torchvision ``GeneralizedRCNN``: 1-channel images are repeated to 3 channels."""
 
     def forward(self, images: list[torch.Tensor], targets: list[dict[str, Any]] | None = None):
-        images = [img.expand(3, -1, -1) if img.shape[0] == 1 else img for img in images]
-        return super().forward(images, targets)  # type: ignore[misc]
+        return super().forward(expand_gray(images), targets)  # type: ignore[misc]
 
 
 def build_resnet_fpn(

@@ -1,4 +1,4 @@
-"""YOLOv8-seg through ultralytics: offline set-up, checkpoints with cytobench metadata, the predictor.
+"""YOLO (detect / segment) through ultralytics: offline set-up, checkpoints with cytobench metadata, the model.
 
 Training runs through ultralytics' own trainer (:mod:`cytobench.engine.ultralytics_run`); this module
 holds what training, prediction and the paper tables share.
@@ -35,10 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from cytobench.engine.checkpoint import save_atomic
 from cytobench.errors import BadInputError
+from cytobench.io.files import save_atomic
 
 CKPT_KEY = "cytobench"
+TASKS = ("detect", "segment")
 FONT_NAMES = ("Arial.ttf", "Arial.Unicode.ttf")
 _INTEGRATIONS_OFF = {
     "sync": False,
@@ -56,9 +57,11 @@ _INTEGRATIONS_OFF = {
 
 __all__ = [
     "CKPT_KEY",
-    "YoloSegmenter",
+    "TASKS",
+    "YoloModel",
+    "build_yolo",
     "build_yolo_model",
-    "load_yolo_segmenter",
+    "load_yolo_model",
     "read_yolo_metadata",
     "save_yolo_checkpoint",
     "setup_ultralytics_offline",
@@ -191,20 +194,52 @@ def to_uint8_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-class YoloSegmenter:
-    """A trained YOLO-seg model behind cytobench's prediction contract.
+class YoloModel(torch.nn.Module):
+    """An ultralytics YOLO (``detect`` or ``segment``) behind cytobench's model contract.
 
-    Attributes:
-        categories: COCO category dicts in label order (``categories[label - 1]``).
-        imgsz: inference size used when ``predict`` gets none (the training ``imgsz``).
-        metadata: the checkpoint's ``"cytobench"`` entry (empty for a plain ultralytics file).
+    In eval mode ``model(images)`` takes ``list[Tensor]`` (C x H x W in [0, 1], as every dataset gives)
+    and returns ``list[Prediction]``: ``boxes`` (N, 4) float32 xyxy pixels of the input image,
+    ``scores`` (N,), ``labels`` (N,) int64 in 1..K (``categories[label - 1]``) and, for ``segment``,
+    ``masks`` (N, H, W) uint8 at the input size. So ``cytobench predict``, the evaluators, ``fish
+    analyze`` and the reproduce modules run it like any torch model. Training runs through ultralytics'
+    own trainer (:mod:`cytobench.engine.ultralytics_run`), chosen by this class as the model config's
+    ``_target_`` (:func:`build_yolo`); ``model(images, targets)`` in train mode is an error.
+
+    Images are converted as ultralytics' own reader would see the file: 1 channel repeated, 2 channels
+    padded, more than 3 cut to 3 (:func:`to_uint8_rgb`), in BGR order.
+
+    Args:
+        yolo: an ``ultralytics.YOLO``; kept outside the module tree, since ultralytics' ``Model.train``
+            means "fit" and ``nn.Module.eval()`` would call it.
+        categories: COCO category dicts in label order.
+        task: ``"detect"`` or ``"segment"``.
+        imgsz: inference (letterbox) size.
+        conf: lowest score kept (~0.001 for AP, where the whole precision-recall curve counts).
+        iou: NMS IoU threshold (class-wise, as ultralytics).
+        max_det: most detections per image (dense images: raise it, e.g. 2000).
+        train_settings: what :mod:`cytobench.engine.ultralytics_run` needs to train it (model config).
     """
 
-    def __init__(self, model: Any, categories: Sequence[Mapping[str, Any]], imgsz: int, device: str = "cpu"):
-        self.model = model
+    def __init__(
+        self,
+        yolo: Any,
+        categories: Sequence[Mapping[str, Any]],
+        task: str = "segment",
+        imgsz: int = 640,
+        conf: float = 0.001,
+        iou: float = 0.7,
+        max_det: int = 300,
+        train_settings: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise BadInputError("model.task", f"{task!r} is not one of {TASKS}")
+        object.__setattr__(self, "yolo", yolo)  # not a submodule (see Args)
         self.categories = [dict(c) for c in categories]
-        self.imgsz = int(imgsz)
-        self.device = ultralytics_device(device)
+        self.task, self.imgsz = task, int(imgsz)
+        self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)
+        self.train_settings = dict(train_settings or {})
+        self.eval_batch_size = int(self.train_settings.get("eval_batch_size", 8))
         self.metadata: dict[str, Any] = {}
 
     @property
@@ -212,121 +247,155 @@ class YoloSegmenter:
         """``{label: COCO category id}``."""
         return {i + 1: int(c["id"]) for i, c in enumerate(self.categories)}
 
-    def predict(
-        self,
-        images: Sequence[np.ndarray],
-        imgsz: int | None = None,
-        conf: float = 0.25,
-        iou: float = 0.7,
-        max_det: int = 300,
-        batch_size: int = 8,
-    ) -> list[dict[str, np.ndarray]]:
-        """Segment nuclei in RGB images.
-
-        Args:
-            images: ``(H, W, 3)`` uint8 RGB arrays (``(H, W)`` grey is accepted too); sizes may differ.
-            imgsz: letterbox size (None: the training size).
-            conf: lowest score kept (use ~0.001 for AP, where the whole PR curve matters).
-            iou: NMS IoU threshold (class-wise, as in ultralytics).
-            max_det: most detections per image.
-            batch_size: images per forward pass.
-
-        Returns:
-            One dict per image: ``boxes`` (N, 4) float32 xyxy absolute pixels of the original image,
-            ``scores`` (N,) float32, ``labels`` (N,) int64 in 1..K (``categories[label - 1]``),
-            ``masks`` (N, H, W) bool at the original image size.
-        """
-        arrays = [_check_rgb(img, i) for i, img in enumerate(images)]
-        out: list[dict[str, np.ndarray]] = []
-        for start in range(0, len(arrays), max(1, batch_size)):
-            chunk = arrays[start : start + max(1, batch_size)]
-            bgr = [np.ascontiguousarray(a[:, :, ::-1]) for a in chunk]  # ultralytics takes numpy as BGR
-            results = self.model.predict(
-                source=bgr,
-                imgsz=int(imgsz or self.imgsz),
-                conf=conf,
-                iou=iou,
-                max_det=max_det,
-                retina_masks=True,  # masks at the original resolution
-                device=self.device,
-                verbose=False,
-                save=False,
+    def forward(
+        self, images: Sequence[torch.Tensor], targets: Sequence[Mapping[str, Any]] | None = None
+    ) -> list[dict[str, torch.Tensor]]:
+        if targets is not None:
+            raise RuntimeError(
+                "YOLO trains through ultralytics' trainer (python train.py model=yolov8_...), not model(images, targets)"
             )
-            out += [_result_to_prediction(r, a.shape[:2]) for r, a in zip(results, chunk)]
+        if not images:
+            return []
+        device = images[0].device
+        arrays = [to_uint8_rgb(img.detach().cpu().permute(1, 2, 0).numpy()) for img in images]
+        results = self.yolo.predict(
+            source=[np.ascontiguousarray(a[:, :, ::-1]) for a in arrays],  # ultralytics takes numpy as BGR
+            imgsz=self.imgsz,
+            conf=self.conf,
+            iou=self.iou,
+            max_det=self.max_det,
+            retina_masks=True,  # masks at the input resolution
+            device=ultralytics_device(device),
+            verbose=False,
+            save=False,
+        )
+        out = []
+        for result, array in zip(results, arrays):
+            pred = _result_to_prediction(result, array.shape[:2], self.task == "segment")
+            out.append({k: torch.from_numpy(v).to(device) for k, v in pred.items()})
         return out
 
 
-def _check_rgb(image: np.ndarray, index: int) -> np.ndarray:
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        raise ValueError(f"image {index}: expected uint8 RGB, got dtype {arr.dtype} (see to_uint8_rgb)")
-    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 1):
-        return to_uint8_rgb(arr)
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"image {index}: expected an (H, W, 3) RGB array, got shape {arr.shape}")
-    return arr
+def build_yolo(
+    num_classes: int | None = None,
+    *,
+    task: str = "segment",
+    arch: str = "yolov8s-seg.yaml",
+    weights_path: str | Path | None = None,
+    imgsz: int = 640,
+    train_args: Mapping[str, Any] | None = None,
+    eval: Mapping[str, Any] | None = None,  # noqa: A002 - the config key users write
+    extra_train: Sequence[Mapping[str, Any]] = (),
+) -> YoloModel:
+    """The model config's ``_target_`` for YOLO runs: an untrained :class:`YoloModel` with its training settings.
+
+    ``python train.py model=yolov8_seg`` (or ``yolov8_det``) sees a :class:`YoloModel` and hands it to
+    ultralytics' trainer (:func:`cytobench.engine.ultralytics_run.train_yolo`); the weights are built
+    there, from ``arch`` (random init) or ``weights_path`` (a local ``.pt``).
+
+    Args:
+        num_classes: K foreground classes + background, as every cytobench builder (ultralytics takes
+            the class names from the exported data).
+        task: ``"detect"`` or ``"segment"``.
+        arch: ultralytics model yaml (``yolov8s-seg.yaml``, ``yolov8n.yaml``, ...); never a bare ``.pt`` name.
+        weights_path: local ultralytics ``.pt`` to start from.
+        imgsz: training and inference size.
+        train_args: arguments of ``YOLO.train`` (epochs, batch, lr0, augmentation, ...).
+        eval: how the val split is predicted for scoring: ``imgsz``, ``conf``, ``iou``, ``max_det``, ``batch_size``.
+        extra_train: more COCO sets for training only: ``[{images, ann_file, prepare (optional)}]``.
+    """
+    ev = dict(eval or {})
+    settings = {
+        "arch": arch,
+        "weights_path": weights_path,
+        "imgsz": int(imgsz),
+        "train_args": dict(train_args or {}),
+        "extra_train": [dict(item) for item in extra_train],
+        "num_classes": num_classes,
+        "eval_batch_size": int(ev.get("batch_size", 8)),
+    }
+    return YoloModel(
+        None,
+        [],
+        task=task,
+        imgsz=int(ev.get("imgsz") or imgsz),
+        conf=float(ev.get("conf", 0.001)),
+        iou=float(ev.get("iou", 0.7)),
+        max_det=int(ev.get("max_det", 300)),
+        train_settings=settings,
+    )
 
 
-def _result_to_prediction(result: Any, shape: tuple[int, int]) -> dict[str, np.ndarray]:
-    """One ultralytics ``Results`` as numpy arrays (see :meth:`YoloSegmenter.predict`)."""
+def _result_to_prediction(result: Any, shape: tuple[int, int], with_masks: bool) -> dict[str, np.ndarray]:
+    """One ultralytics ``Results`` as NumPy arrays (see :class:`YoloModel`)."""
     height, width = shape
     boxes = result.boxes
     n = 0 if boxes is None else len(boxes)
-    if n == 0:
-        return {
-            "boxes": np.zeros((0, 4), np.float32),
-            "scores": np.zeros(0, np.float32),
-            "labels": np.zeros(0, np.int64),
-            "masks": np.zeros((0, height, width), bool),
-        }
-    masks = None
-    if result.masks is not None:
-        data = result.masks.data
-        # ultralytics' native-size masks are uint8 0/1: viewing them as bool costs no copy
-        masks = data.cpu().numpy().view(bool) if data.dtype == torch.uint8 else (data > 0.5).cpu().numpy()
-    if masks is None or masks.shape[1:] != (height, width):
-        import cv2
-
-        src = masks if masks is not None else np.zeros((n, 1, 1), bool)
-        masks = np.stack(
-            [
-                cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
-                for m in src
-            ]
-        )
-    return {
-        "boxes": boxes.xyxy.cpu().numpy().astype(np.float32).reshape(-1, 4),
-        "scores": boxes.conf.cpu().numpy().astype(np.float32).reshape(-1),
-        "labels": boxes.cls.cpu().numpy().astype(np.int64).reshape(-1) + 1,
-        "masks": masks,
+    pred = {
+        "boxes": np.zeros((0, 4), np.float32),
+        "scores": np.zeros(0, np.float32),
+        "labels": np.zeros(0, np.int64),
     }
+    if n:
+        pred = {
+            "boxes": boxes.xyxy.cpu().numpy().astype(np.float32).reshape(-1, 4),
+            "scores": boxes.conf.cpu().numpy().astype(np.float32).reshape(-1),
+            "labels": boxes.cls.cpu().numpy().astype(np.int64).reshape(-1) + 1,
+        }
+    if not with_masks:
+        return pred
+    masks = np.zeros((n, height, width), np.uint8)
+    if n and result.masks is not None:
+        data = result.masks.data
+        masks = (data > 0.5).to(torch.uint8).cpu().numpy() if data.is_floating_point() else data.cpu().numpy()
+        masks = masks.astype(np.uint8, copy=False)
+        if masks.shape[1:] != (height, width):
+            import cv2
+
+            masks = np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_NEAREST) for m in masks])
+    pred["masks"] = masks
+    return pred
 
 
-def load_yolo_segmenter(checkpoint: str | Path, device: str = "cpu") -> YoloSegmenter:
-    """Load a YOLO-seg checkpoint written by a cytobench run (or a plain ultralytics ``.pt``).
+def load_yolo_model(checkpoint: str | Path, device: str = "cpu", **overrides: Any) -> YoloModel:
+    """Load a YOLO checkpoint written by a cytobench run (or a plain ultralytics ``.pt``) as a :class:`YoloModel`.
+
+    Prediction settings (``imgsz``, ``conf``, ``iou``, ``max_det``) are the run's own (its model config's
+    ``eval`` node), so ``cytobench predict`` predicts as the run scored its val split; ``overrides``
+    replace them.
 
     Args:
-        checkpoint: ``run_dir/checkpoints/best.pt`` or ``last.pt`` (or any local ultralytics seg weights;
-            their categories are then ``[{"id": c + 1, "name": names[c]}]``).
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+        checkpoint: ``run_dir/checkpoints/best.pt`` or ``last.pt`` (or any local ultralytics detect / segment
+            weights; their categories are then ``[{"id": c + 1, "name": names[c]}]``).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (where ultralytics' model is moved).
 
     Raises:
-        BadInputError: missing or unreadable file, or a model of another task (detect, pose, ...).
+        BadInputError: missing or unreadable file, or a model of another task (pose, classify, ...).
     """
     path = Path(checkpoint)
     metadata = read_yolo_metadata(path)
-    model = build_yolo_model("", weights_path=path)
-    if getattr(model, "task", None) != "segment":
-        raise BadInputError(
-            path, f"an ultralytics {getattr(model, 'task', '?')} model, not a segmentation model"
-        )
-    names = model.names
+    yolo = build_yolo_model("", weights_path=path)
+    task = getattr(yolo, "task", None)
+    if task not in TASKS:
+        raise BadInputError(path, f"an ultralytics {task or '?'} model, not one of {TASKS}")
+    names = yolo.names
     categories = metadata.get("categories") or [{"id": c + 1, "name": str(names[c])} for c in sorted(names)]
     if len(categories) != len(names):
         raise BadInputError(
             path, f"{len(categories)} categories in the metadata but {len(names)} model classes"
         )
-    imgsz = int(metadata.get("imgsz") or (model.ckpt or {}).get("train_args", {}).get("imgsz") or 640)
-    segmenter = YoloSegmenter(model, categories, imgsz, device)
-    segmenter.metadata = metadata
-    return segmenter
+    mcfg = metadata.get("model_config") or {}
+    ev = dict(mcfg.get("eval") or {})
+    imgsz = int(metadata.get("imgsz") or (yolo.ckpt or {}).get("train_args", {}).get("imgsz") or 640)
+    settings = {
+        "imgsz": int(ev.get("imgsz") or imgsz),
+        "conf": float(ev.get("conf", 0.001)),
+        "iou": float(ev.get("iou", 0.7)),
+        "max_det": int(ev.get("max_det", 300)),
+    }
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    model = YoloModel(yolo, categories, task=task, **settings)
+    model.metadata = metadata
+    if device != "cpu":
+        yolo.to(torch.device("cuda" if ultralytics_device(device) != "cpu" else "cpu"))
+    return model

@@ -2,8 +2,8 @@
 
 Post-processing does not change training, so one trained model gives the NMS, Soft-NMS and
 Embedding-Guided NMS rows of the paper's tables: :func:`evaluate_checkpoint_modes` runs the
-backbone, the RPN and the RoI box branch once per batch and only repeats the RoI head's
-post-processing (``model.roi_heads.postprocess``) for each mode. :func:`evaluate_checkpoint` is the
+backbone and the RPN once per batch (``DeepACE.predict_modes``) and only repeats the RoI head and its
+post-processing for each mode, through the one streaming loop. :func:`evaluate_checkpoint` is the
 one-mode form. :func:`simulate_test_set` simulates a test set with the simulator settings a
 checkpoint's training data used (image size, chromosome scale, counts ...) and another seed.
 
@@ -16,17 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from cytobench.errors import BadInputError
+from cytobench.models.deepace.roi_heads import POSTPROCESS_MODES
 
-POSTPROCESS_MODES = ("nms", "soft", "eg")
 TEST_SEED_OFFSET = 10_000  # default test seed = training seed + this
 DEFAULT_SIMULATOR = "cytobench.simulate.metaphase.simulate_metaphase"
 # keys of a data config's ``prepare`` node that are not simulator settings of the images themselves
@@ -125,7 +123,8 @@ def held_out_test_set(
 # ------------------------------------------------------------------------------------------ test data
 def load_test_data(ann_file: str | Path, images_dir: str | Path) -> tuple[list[dict[str, Any]], list[Path]]:
     """Ground truth per image (:func:`cytobench.io.coco.coco_to_targets`) and the image paths."""
-    from cytobench.io.coco import coco_to_targets, load_coco
+    from cytobench.io.coco import load_coco
+    from cytobench.io.coco_convert import coco_to_targets
 
     gt = load_coco(ann_file)
     targets = coco_to_targets(gt)
@@ -144,61 +143,10 @@ def check_modes(model: torch.nn.Module, modes: Sequence[str], source: str | Path
     for mode in modes:
         if mode not in POSTPROCESS_MODES:
             raise BadInputError(source, f"unknown post-processing {mode!r}; use one of {POSTPROCESS_MODES}")
-    roi_heads = getattr(model, "roi_heads", None)
-    if roi_heads is None or not hasattr(roi_heads, "postprocess"):
-        raise BadInputError(source, "not a DeepACEv2 model (its RoI heads have no post-processing switch)")
-    if "eg" in modes and getattr(roi_heads, "template", None) is None:
+    if not hasattr(model, "predict_modes"):
+        raise BadInputError(source, "not a DeepACEv2 model (it has no post-processing modes)")
+    if "eg" in modes and getattr(model.roi_heads, "template", None) is None:
         raise BadInputError(source, "postprocess 'eg' needs the Template branch, which this model lacks")
-
-
-@torch.inference_mode()
-def predict_modes(
-    model: torch.nn.Module,
-    images: Sequence[torch.Tensor],
-    modes: Sequence[str],
-    device: torch.device,
-    batch_size: int = 4,
-) -> dict[str, list[dict[str, np.ndarray]]]:
-    """Predictions of a DeepACEv2 model under several post-processings, sharing everything before it.
-
-    Per batch: resize/normalise, backbone and RPN run once; the RoI box branch and its
-    post-processing run once per mode (``model.roi_heads.postprocess`` is switched and restored).
-    The result for a mode equals ``model(images)`` with that mode set.
-
-    Args:
-        model: an eval-mode :class:`cytobench.models.deepace.DeepACE` (any torchvision GeneralizedRCNN
-            whose ``roi_heads`` has a ``postprocess`` attribute).
-        images: per image (C, H, W) float in [0, 1], C in {1, 3}.
-        modes: post-processings (``"nms"``, ``"soft"``, ``"eg"``).
-        device: where to run.
-        batch_size: images per forward pass.
-
-    Returns:
-        ``{mode: per image {"boxes", "scores", "labels"[, "embeddings"]} as NumPy}``.
-    """
-    check_modes(model, modes)
-    model.eval()
-    roi_heads = model.roi_heads
-    original = roi_heads.postprocess
-    out: dict[str, list[dict[str, np.ndarray]]] = {mode: [] for mode in modes}
-    try:
-        for start in range(0, len(images), batch_size):
-            chunk = [img.to(device) for img in images[start : start + batch_size]]
-            chunk = [img.expand(3, -1, -1) if img.shape[0] == 1 else img for img in chunk]
-            original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in chunk]
-            image_list, _ = model.transform(chunk)
-            features = model.backbone(image_list.tensors)
-            if isinstance(features, torch.Tensor):
-                features = OrderedDict([("0", features)])
-            proposals, _ = model.rpn(image_list, features)
-            for mode in modes:
-                roi_heads.postprocess = mode
-                detections, _ = roi_heads(features, proposals, image_list.image_sizes)
-                detections = model.transform.postprocess(detections, image_list.image_sizes, original_sizes)
-                out[mode].extend({k: v.detach().cpu().numpy() for k, v in d.items()} for d in detections)
-    finally:
-        roi_heads.postprocess = original
-    return out
 
 
 def score_predictions(
@@ -225,6 +173,10 @@ def evaluate_checkpoint_modes(
 ) -> dict[str, tuple[dict[str, float], list[dict[str, Any]]]]:
     """Evaluate one checkpoint under several post-processings with one backbone pass per batch.
 
+    Runs the streaming loop (:func:`~cytobench.engine.inference.inference_on_dataset`) with the model's
+    own ``predict_modes``: per mode an :class:`EnumerationEvaluator` and a recorder of the per-image
+    predictions (boxes, scores, embeddings: small, for figures and per-spread analyses).
+
     Args:
         checkpoint: a training checkpoint (``checkpoints/best.pt``) of a DeepACEv2 model.
         ann_file: COCO ground truth of the test set.
@@ -237,9 +189,15 @@ def evaluate_checkpoint_modes(
     Returns:
         ``{mode: (metrics with enum/* keys, predictions per image)}`` keyed by the resolved mode names.
     """
+    from torch.utils.data import DataLoader
+
+    from cytobench.data.collate import detection_collate
+    from cytobench.data.image_list import ImageListDataset
     from cytobench.engine.distributed import local_device
+    from cytobench.engine.inference import PredictionRecorder, inference_on_dataset
     from cytobench.engine.predict import load_model_from_checkpoint
-    from cytobench.io.images import read_image_tensor
+    from cytobench.evaluation.base import EvaluatorList
+    from cytobench.evaluation.enumeration import EnumerationEvaluator
 
     dev = local_device(device)
     model, _ = load_model_from_checkpoint(checkpoint, dev)
@@ -247,17 +205,15 @@ def evaluate_checkpoint_modes(
     resolved = list(dict.fromkeys(own if m is None else m for m in modes))
     check_modes(model, resolved, checkpoint)
     targets, paths = load_test_data(ann_file, images_dir)
-    by_mode: dict[str, list[dict[str, Any]]] = {mode: [] for mode in resolved}
-    for start in range(0, len(paths), batch_size):  # images are read per batch (paper-scale sets are GBs)
-        images = [read_image_tensor(p) for p in paths[start : start + batch_size]]
-        for mode, predictions in predict_modes(model, images, resolved, dev, batch_size).items():
-            by_mode[mode].extend(predictions)
-    result: dict[str, tuple[dict[str, float], list[dict[str, Any]]]] = {}
-    for mode, predictions in by_mode.items():
-        for target, pred in zip(targets, predictions):
-            pred["image_id"] = target["image_id"]
-        result[mode] = (score_predictions(targets, predictions, evaluator_kwargs), predictions)
-    return result
+    dataset = ImageListDataset(paths, [t["image_id"] for t in targets], targets)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=detection_collate)
+    recorders = {mode: PredictionRecorder() for mode in resolved}
+    evaluators = {
+        mode: EvaluatorList([EnumerationEvaluator(**dict(evaluator_kwargs or {})), recorders[mode]])
+        for mode in resolved
+    }
+    metrics = inference_on_dataset(model, loader, evaluators, dev)
+    return {mode: (metrics[mode], recorders[mode].predictions) for mode in resolved}
 
 
 def evaluate_checkpoint(
@@ -292,7 +248,6 @@ __all__ = [
     "evaluate_checkpoint",
     "evaluate_checkpoint_modes",
     "load_test_data",
-    "predict_modes",
     "score_predictions",
     "simulate_test_set",
     "simulator_settings",

@@ -24,9 +24,9 @@ from typing import Any
 
 import yaml
 
-from cytobench.engine.hooks import write_json_atomic
 from cytobench.errors import BadInputError
 from cytobench.evaluation.stats import compare_groups, mean_std, paired_ttest
+from cytobench.io.files import write_json_atomic
 from cytobench.reporting.tables import format_table
 from cytobench.reproduce.runs import Run, collect_runs, group_runs
 

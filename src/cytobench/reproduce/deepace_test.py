@@ -40,8 +40,8 @@ from typing import Any
 
 import yaml
 
-from cytobench.engine.checkpoint import load_checkpoint
 from cytobench.evaluation.stats import paired_ttest, summarize_runs, welch_ttest
+from cytobench.io.checkpoint import load_checkpoint
 from cytobench.reporting.tables import format_table
 from cytobench.reproduce.deepace_eval import (
     TEST_SEED_OFFSET,

@@ -214,29 +214,36 @@ def reproduce(
     checkpoint: str | Path, out_dir: str | Path, *, scale: str = "cpu", seed: int = 2024, device: str = "cpu"
 ) -> dict[str, Any]:
     """Build the table; returns everything written to ``table1.json``."""
+    from torch.utils.data import DataLoader
+
+    from cytobench.data.collate import detection_collate
+    from cytobench.data.image_list import ImageListDataset
+    from cytobench.engine.distributed import local_device
+    from cytobench.engine.inference import inference_on_dataset
+    from cytobench.engine.predict import CocoResultsWriter, load_model_from_checkpoint
     from cytobench.evaluation import evaluate_coco
-    from cytobench.evaluation.coco_format import prediction_to_coco
     from cytobench.io.coco import load_coco
-    from cytobench.io.images import read_image
-    from cytobench.models.yolo import load_yolo_segmenter, to_uint8_rgb, ultralytics_device
+    from cytobench.models.yolo import ultralytics_device
     from cytobench.reporting.tables import format_table
 
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}: use one of {sorted(SCALES)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    segmenter = load_yolo_segmenter(checkpoint, device=device)
-    data_config = segmenter.metadata.get("data_config") or {}
-    ann_file = simulate_test_set(data_config, SCALES[scale], seed, out_dir / "test_data")
+    model, info = load_model_from_checkpoint(checkpoint, device)
+    if not hasattr(model, "yolo"):
+        raise BadInputError(checkpoint, "not a YOLO run's checkpoint (Table 1 is YOLOv8-seg's)")
+    model.conf, model.iou, model.max_det = 0.001, 0.7, 300  # ultralytics' validation settings
+    ann_file = simulate_test_set(info.get("data_config") or {}, SCALES[scale], seed, out_dir / "test_data")
     gt = load_coco(ann_file)
     images_dir = ann_file.parent / "images"
-    results: list[dict[str, Any]] = []
-    l2c = segmenter.label_to_cat_id
-    for img in gt["images"]:
-        array = to_uint8_rgb(read_image(images_dir / img["file_name"]).array)
-        pred = segmenter.predict([array], conf=0.001, iou=0.7, max_det=300)[0]
-        pred["labels"] = np.array([l2c[int(v)] for v in pred["labels"]], dtype=np.int64)
-        results += prediction_to_coco(pred, img["id"], include_masks=True, include_keypoints=False)
+    dataset = ImageListDataset(
+        [images_dir / img["file_name"] for img in gt["images"]], [img["id"] for img in gt["images"]]
+    )
+    writer = CocoResultsWriter(info["label_to_cat_id"])
+    loader = DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=detection_collate)
+    inference_on_dataset(model, loader, writer, local_device(device))
+    results = [{k: v for k, v in r.items() if k != "keypoints"} for r in writer.results]
     segm = evaluate_coco(gt, results, "segm")
     bbox = evaluate_coco(gt, results, "bbox")
     pr = precision_recall_at_best_f1(gt, results, "segm", 0.5)
@@ -247,7 +254,7 @@ def reproduce(
         "mAP50-95": segm["AP"],
     }
     yolo = ultralytics_val(
-        Path(checkpoint), ann_file, images_dir, out_dir, segmenter.imgsz, ultralytics_device(device)
+        Path(checkpoint), ann_file, images_dir, out_dir, model.imgsz, ultralytics_device(device)
     )
     paper = load_paper_table()["metrics"]
     rows = [[m, float(paper[m]), ours[m], yolo[m]] for m in METRICS]

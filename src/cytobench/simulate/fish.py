@@ -55,8 +55,15 @@ from typing import Any
 
 import numpy as np
 
-from cytobench.io.coco import save_coco
 from cytobench.io.images import write_image
+from cytobench.simulate.common import (
+    check_n_images,
+    check_out_dir,
+    check_seed,
+    check_size,
+    check_val_fraction,
+    save_simulated_coco,
+)
 from cytobench.simulate.fish_render import FishParams, NucleusDraw, render_fish
 from cytobench.simulate.fish_truth import FishImageTruth, NucleusTruth, load_fish_truth, signal_points
 
@@ -111,8 +118,9 @@ def simulate_fish(
     Args:
         n_images: number of images (>= 1).
         out_dir: output folder; images go to ``out_dir/images/fish_00000.png`` ...
-        size: image size, an int for a square or ``(W, H)``; each side in [64, 8192].
-        seed: random seed.
+        size: image size, an int for a square or ``(W, H)`` (as ``cytobench simulate fish --size W H``);
+            each side in [64, 8192].
+        seed: random seed (>= 0).
         val_fraction: None writes ``annotations.json``; a fraction in (0, 1) writes ``train.json`` and
             ``val.json`` (the last ``round(n * val_fraction)`` images, at least one, form ``val``).
         karyotype_mix: ``{karyotype: probability}`` of the single sample ``"S1"`` (default
@@ -130,11 +138,10 @@ def simulate_fish(
     Raises:
         ValueError: an argument is out of range (the message names it).
     """
-    width, height = _check_size(size)
-    if isinstance(n_images, bool) or not isinstance(n_images, int | np.integer) or n_images < 1:
-        raise ValueError(f"n_images must be a positive integer, got {n_images!r}")
-    if val_fraction is not None and (not 0.0 < val_fraction < 1.0 or n_images < 2):
-        raise ValueError(f"val_fraction must be in (0, 1) with n_images >= 2, got {val_fraction!r}")
+    width, height = check_size(size, min_side=_MIN_SIDE, max_side=_MAX_SIDE)
+    n_images = check_n_images(n_images)
+    seed = check_seed(seed)
+    check_val_fraction(val_fraction, n_images)
     table = _check_table(karyotypes)
     if samples is not None and karyotype_mix is not None:
         raise ValueError("give karyotype_mix (one sample) or samples, not both")
@@ -143,7 +150,7 @@ def simulate_fish(
         raise ValueError("samples must name at least one sample")
     mixes = {str(name): _check_mix(mix, table, str(name)) for name, mix in raw.items()}
     params = _with_overrides(params or FishParams(), pixel_size_um, nucleus_diameter_um)
-    out_dir = Path(out_dir)
+    out_dir = check_out_dir(out_dir)
     names = list(mixes)
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
@@ -175,15 +182,7 @@ def simulate_fish(
         "version": "1",
         "karyotypes": {k: list(v) for k, v in table.items()},
     }
-    if val_fraction is None:
-        return save_coco(out_dir / "annotations.json", _dataset(info, images, annotations))
-    n_val = min(max(1, round(n_images * val_fraction)), n_images - 1)
-    val_ids = {img["id"] for img in images[n_images - n_val :]}
-    for split, keep in (("train", False), ("val", True)):
-        subset = [img for img in images if (img["id"] in val_ids) == keep]
-        anns = [ann for ann in annotations if (ann["image_id"] in val_ids) == keep]
-        save_coco(out_dir / f"{split}.json", _dataset(info, subset, anns))
-    return out_dir / "train.json"
+    return save_simulated_coco(out_dir, _dataset(info, images, annotations), val_fraction)
 
 
 def parse_mix(text: str) -> tuple[str | None, dict[str, float]]:
@@ -240,15 +239,6 @@ def _dataset(
     info: dict[str, Any], images: list[dict[str, Any]], annotations: list[dict[str, Any]]
 ) -> dict[str, Any]:
     return {"info": info, "images": images, "annotations": annotations, "categories": CATEGORIES}
-
-
-def _check_size(size: int | Sequence[int]) -> tuple[int, int]:
-    sides = [size, size] if isinstance(size, int | np.integer) else list(size)
-    if len(sides) != 2 or not all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in sides):
-        raise ValueError(f"size must be an integer or two integers (W, H), got {size!r}")
-    if not all(_MIN_SIDE <= v <= _MAX_SIDE for v in sides):
-        raise ValueError(f"size {tuple(sides)}: each side must be in [{_MIN_SIDE}, {_MAX_SIDE}] px")
-    return int(sides[0]), int(sides[1])
 
 
 def _check_table(extra: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[int, int]]:

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from cytobench.io.coco import annotation_to_mask, load_coco
+from cytobench.io.coco import load_coco
+from cytobench.io.coco_convert import annotation_to_mask
 
 __all__ = ["FishImageTruth", "NucleusTruth", "load_fish_truth", "signal_points"]
 

@@ -49,7 +49,6 @@ import numpy as np
 from tqdm import tqdm
 
 from cytobench.evaluation.enumeration import overlapping_subset
-from cytobench.io.coco import save_coco
 from cytobench.io.images import write_image
 from cytobench.simulate.chromosomes import (
     CLASSES,
@@ -62,6 +61,7 @@ from cytobench.simulate.chromosomes import (
     sample_centreline,
     sample_karyotype,
 )
+from cytobench.simulate.common import check_out_dir, check_seed, check_val_fraction, save_simulated_coco
 from cytobench.simulate.metaphase_layout import Body, Pose, Spread, draw_fragments, layout_spread, pose_points
 
 __all__ = [
@@ -145,8 +145,8 @@ def simulate_metaphase(
     Args:
         n_images: number of images (>= 1).
         out_dir: output folder; images go to ``out_dir/images/metaphase_00000.png`` ...
-        size: image size ``(W, H)`` in px, each >= 64.
-        seed: random seed.
+        size: image size ``(W, H)`` in px (as ``cytobench simulate metaphase --size W H``), each >= 64.
+        seed: random seed (>= 0).
         n_chromosomes: chromosomes per cell, an int >= 1 or a ``{count: probability}`` mapping.
         overlap_target: wanted mean fraction of chromosomes in S_o (Eq. 14), in [0, 1).
         n_fragments: inclusive range ``(lo, hi)`` of unannotated chromosome fragments per image.
@@ -165,8 +165,9 @@ def simulate_metaphase(
     width, height, counts, probs = _check_args(
         n_images, size, n_chromosomes, overlap_target, n_fragments, n_debris, scale, val_fraction, label_mode
     )
+    seed = check_seed(seed)
     scale = 0.13 * min(width, height) if scale is None else float(scale)
-    out_dir = Path(out_dir)
+    out_dir = check_out_dir(out_dir)
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     # a bar in terminals only (tqdm's disable=None): paper-scale sets take minutes, logs stay clean
@@ -198,16 +199,7 @@ def simulate_metaphase(
         for chrom in sample.chromosomes:
             ann = _annotation(chrom, height, width, label_mode)
             annotations.append({"id": len(annotations) + 1, "image_id": index + 1, **ann})
-    cats = categories(label_mode)
-    if val_fraction is None:
-        return save_coco(out_dir / "annotations.json", _dataset(images, annotations, cats))
-    n_val = min(max(1, round(n_images * val_fraction)), n_images - 1)
-    val_ids = {img["id"] for img in images[n_images - n_val :]}
-    for name, keep in (("train", False), ("val", True)):
-        subset = [img for img in images if (img["id"] in val_ids) == keep]
-        anns = [ann for ann in annotations if (ann["image_id"] in val_ids) == keep]
-        save_coco(out_dir / f"{name}.json", _dataset(subset, anns, cats))
-    return out_dir / "train.json"
+    return save_simulated_coco(out_dir, _dataset(images, annotations, categories(label_mode)), val_fraction)
 
 
 @dataclass(frozen=True)
@@ -392,8 +384,7 @@ def _check_args(
         raise ValueError(
             f"scale must be a length in px in (0, min(W, H) / 2], got {scale!r} for size {size!r}"
         )
-    if val_fraction is not None and (not 0.0 < val_fraction < 1.0 or n_images < 2):
-        raise ValueError(f"val_fraction must be in (0, 1) with n_images >= 2, got {val_fraction!r}")
+    check_val_fraction(val_fraction, n_images)
     if label_mode not in ("chromosome", "karyotype"):
         raise ValueError(f"label_mode must be 'chromosome' or 'karyotype', got {label_mode!r}")
     counts = np.array(sorted(spec), dtype=np.int64)

@@ -423,7 +423,7 @@ def check_diffusion(
         raise ValueError(f"diffusion must be one value or {n} values (one per image), got shape {d.shape}")
     bad = ~np.isfinite(d) | (d < 0)
     if bad.any():
-        raise ValueError(f"diffusion must be finite and >= 0 um^2/s, got {d[bad][0]!r}")
+        raise ValueError(f"diffusion must be finite and >= 0 um^2/s, got {float(d[bad][0])!r}")
     return d
 
 

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from cytobench.io.coco import save_coco
 from cytobench.io.images import write_image
+from cytobench.simulate.common import check_out_dir, save_simulated_coco
 from cytobench.simulate.qd import (
     PAPER_DIFFUSION_RANGE,
     TILE,
@@ -176,7 +176,7 @@ def simulate_qd_dataset(
     d = check_diffusion(diffusion, diffusion_range, int(n))
     if diffusion_range is not None:
         diffusion_range = (float(diffusion_range[0]), float(diffusion_range[1]))
-    out_dir = Path(out_dir)
+    out_dir = check_out_dir(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     n, chunk, max_count = int(n), max(BLOCK_SIZE, int(chunk) // BLOCK_SIZE * BLOCK_SIZE), 2**bit_depth - 1
     images: list[dict[str, Any]] = []
@@ -218,7 +218,7 @@ def simulate_qd_dataset(
         "diffusion_range": list(diffusion_range) if diffusion_range is not None else None,
     }
     data = {"info": info, "images": images, "annotations": annotations, "categories": [dict(CATEGORY)]}
-    return save_coco(out_dir / "annotations.json", data)
+    return save_simulated_coco(out_dir, data)
 
 
 def _image_dict(index: int, name: str, p: ScanParams, d: float, seed: int, bit_depth: int) -> dict[str, Any]:

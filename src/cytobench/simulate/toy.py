@@ -23,8 +23,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cytobench.io.coco import save_coco
 from cytobench.io.images import write_image
+from cytobench.simulate.common import (
+    check_n_images,
+    check_out_dir,
+    check_seed,
+    check_size,
+    check_val_fraction,
+    save_simulated_coco,
+)
 
 __all__ = ["CATEGORIES", "simulate_toy"]
 
@@ -33,13 +40,14 @@ CATEGORIES: list[dict[str, Any]] = [
     {"id": 2, "name": "debris", "supercategory": "object", "keypoints": ["center"], "skeleton": []},
 ]
 _POLYGON_POINTS = 32
+_MIN_SIDE = 16  # room for a debris square (up to 5 px) with its 1 px margin, at every scale
 _CELL_TINT = np.array([0.45, 1.0, 0.55], dtype=np.float32)
 
 
 def simulate_toy(
     n_images: int,
     out_dir: str | Path,
-    size: tuple[int, int] = (128, 128),
+    size: int | tuple[int, int] = (128, 128),
     seed: int = 0,
     min_objects: int = 1,
     max_objects: int = 6,
@@ -48,10 +56,11 @@ def simulate_toy(
     """Simulate ``n_images`` labelled toy images.
 
     Args:
-        n_images: number of images.
+        n_images: number of images (>= 1).
         out_dir: output folder; images go to ``out_dir/images``.
-        size: image size ``(H, W)`` in pixels.
-        seed: random seed.
+        size: image size ``(W, H)`` in pixels (as ``cytobench simulate toy --size W H``), or one int for
+            a square; each side >= 16.
+        seed: random seed (>= 0).
         min_objects: fewest objects per image.
         max_objects: most objects per image (about one in four is debris).
         val_fraction: None writes ``annotations.json``; a fraction in (0, 1) writes ``train.json`` and
@@ -59,11 +68,17 @@ def simulate_toy(
 
     Returns:
         Path of ``annotations.json``, or of ``train.json`` (``val.json`` lies beside it) when splitting.
+
+    Raises:
+        ValueError: an argument is out of range (the message names it).
     """
+    n_images = check_n_images(n_images)
+    width, height = check_size(size, min_side=_MIN_SIDE)
+    seed = check_seed(seed)
+    check_val_fraction(val_fraction, n_images)
     if not 1 <= min_objects <= max_objects:
-        raise ValueError("need 1 <= min_objects <= max_objects")
-    out_dir = Path(out_dir)
-    height, width = int(size[0]), int(size[1])
+        raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects} and {max_objects}")
+    out_dir = check_out_dir(out_dir)
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     for index in range(n_images):
@@ -74,17 +89,7 @@ def simulate_toy(
         images.append({"id": index + 1, "file_name": file_name, "height": height, "width": width})
         for obj in objects:
             annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "iscrowd": 0, **obj})
-    if val_fraction is None:
-        return save_coco(out_dir / "annotations.json", _dataset(images, annotations))
-    if not 0.0 < val_fraction < 1.0 or n_images < 2:
-        raise ValueError("val_fraction must be in (0, 1) and n_images >= 2")
-    n_val = min(max(1, round(n_images * val_fraction)), n_images - 1)
-    val_ids = {img["id"] for img in images[n_images - n_val :]}
-    for name, keep in (("train", False), ("val", True)):
-        subset = [img for img in images if (img["id"] in val_ids) == keep]
-        anns = [ann for ann in annotations if (ann["image_id"] in val_ids) == keep]
-        save_coco(out_dir / f"{name}.json", _dataset(subset, anns))
-    return out_dir / "train.json"
+    return save_simulated_coco(out_dir, _dataset(images, annotations), val_fraction)
 
 
 def _dataset(images: list[dict[str, Any]], annotations: list[dict[str, Any]]) -> dict[str, Any]:

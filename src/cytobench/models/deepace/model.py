@@ -11,10 +11,12 @@ and, when enabled, ``loss_pull`` (alpha-weighted), ``loss_push`` (beta) and ``lo
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -23,17 +25,17 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
-from cytobench.engine.checkpoint import load_model_weights
+from cytobench.io.checkpoint import load_model_weights
 from cytobench.models.deepace.backbone import (
     DEEPACE_ANCHOR_SIZES,
     DEEPACE_ASPECT_RATIOS,
     build_single_level_anchor_generator,
     build_single_level_fpn,
 )
-from cytobench.models.deepace.roi_heads import DeepACERoIHeads
+from cytobench.models.deepace.roi_heads import POSTPROCESS_MODES, DeepACERoIHeads
 from cytobench.models.deepace.sampler import HNAS_CRITERIA, DeepACERegionProposalNetwork, HardNegativeSampler
 from cytobench.models.deepace.template_module import TemplateModule
-from cytobench.models.rcnn_parts import AcceptsGrayImages
+from cytobench.models.rcnn_parts import AcceptsGrayImages, expand_gray
 
 __all__ = ["DeepACE", "build_deepace"]
 
@@ -88,6 +90,49 @@ class DeepACE(AcceptsGrayImages, FasterRCNN):
     ) -> None:
         # FasterRCNN.__init__ only assembles default parts; the parts here are given explicitly.
         GeneralizedRCNN.__init__(self, backbone, rpn, roi_heads, transform)
+
+    @torch.no_grad()
+    def predict_modes(
+        self, images: Sequence[torch.Tensor], modes: Sequence[str]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Eval-mode predictions under several post-processings, sharing everything before it.
+
+        Resize / normalise, backbone and RPN run once; the RoI box branch and its post-processing run
+        once per mode (``roi_heads.postprocess`` is switched and restored). The result for a mode equals
+        ``model(images)`` with that mode set.
+
+        Args:
+            images: per image (C, H, W) float in [0, 1], C in {1, 3}, on the model's device.
+            modes: post-processings, each in :data:`POSTPROCESS_MODES`; ``"eg"`` needs the Template branch.
+
+        Returns:
+            ``{mode: per image {"boxes", "scores", "labels"[, "embeddings"]}}`` (tensors on the model's device).
+
+        Raises:
+            ValueError: an unknown mode, or ``"eg"`` without the Template branch.
+        """
+        for mode in modes:
+            if mode not in POSTPROCESS_MODES:
+                raise ValueError(f"unknown post-processing {mode!r}; use one of {POSTPROCESS_MODES}")
+        if "eg" in modes and self.roi_heads.template is None:
+            raise ValueError("post-processing 'eg' needs the Template branch, which this model lacks")
+        images = expand_gray(images)
+        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        image_list, _ = self.transform(images)
+        features = self.backbone(image_list.tensors)
+        if isinstance(features, torch.Tensor):
+            features = OrderedDict([("0", features)])
+        proposals, _ = self.rpn(image_list, features)
+        own = self.roi_heads.postprocess
+        out: dict[str, list[dict[str, Any]]] = {}
+        try:
+            for mode in modes:
+                self.roi_heads.postprocess = mode
+                detections, _ = self.roi_heads(features, proposals, image_list.image_sizes)
+                out[mode] = self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
+        finally:
+            self.roi_heads.postprocess = own
+        return out
 
 
 def build_deepace(

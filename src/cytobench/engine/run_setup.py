@@ -1,0 +1,75 @@
+"""What every training run shares, whichever trainer runs it: the run folder, data, loaders, logger.
+
+:mod:`cytobench.train` (the shared trainer) and :mod:`cytobench.engine.ultralytics_run` (YOLO through
+ultralytics' trainer) both build on this module, so neither imports the other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, DistributedSampler
+
+from cytobench.data.collate import detection_collate, seed_worker
+from cytobench.engine.distributed import barrier, get_rank, get_world_size, is_main_process
+from cytobench.engine.inference import ShardSampler
+from cytobench.engine.loggers import Logger
+
+__all__ = ["build_loader", "build_logger", "hydra_mode", "prepare_data", "write_run_config"]
+
+
+def build_loader(dataset: Any, *, batch_size: int, num_workers: int, train: bool, seed: int) -> DataLoader:
+    """Training loaders shuffle by (seed, epoch) through a DistributedSampler, also on one process,
+    so resumed runs see the same order; evaluation loaders shard without padding."""
+    if train:
+        sampler = DistributedSampler(
+            dataset, num_replicas=get_world_size(), rank=get_rank(), shuffle=True, seed=seed
+        )
+    else:
+        sampler = ShardSampler(len(dataset))
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=detection_collate,
+        worker_init_fn=seed_worker,
+        generator=generator,
+        persistent_workers=False,
+    )
+
+
+def prepare_data(data_cfg: DictConfig) -> None:
+    """Simulate the dataset (rank 0 only) when the data config has a ``prepare`` node."""
+    if data_cfg.get("prepare") is not None and is_main_process():
+        instantiate(data_cfg.prepare)
+    barrier()
+
+
+def hydra_mode() -> RunMode | None:
+    """Hydra's run mode (RUN / MULTIRUN), None outside a Hydra app."""
+    return HydraConfig.get().mode if HydraConfig.initialized() else None
+
+
+def build_logger(logger_cfg: DictConfig | None, run_dir: Path) -> Logger:
+    """The configured logger (CSV / W&B / none); a sweep's W&B runs share one group."""
+    if logger_cfg is None or logger_cfg.get("_target_") is None:
+        return Logger()
+    kwargs: dict[str, Any] = {"run_dir": run_dir}
+    if "group" in logger_cfg and logger_cfg.group is None and hydra_mode() == RunMode.MULTIRUN:
+        kwargs["group"] = Path(HydraConfig.get().sweep.dir).name  # one W&B group per sweep
+    return instantiate(logger_cfg, **kwargs)
+
+
+def write_run_config(run_dir: Path, cfg: DictConfig) -> None:
+    """``run_dir/config.yaml``: the resolved config (rank 0)."""
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
