@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from cytobench.cli import main
+from cytobench.engine.tiling import tile_windows
 from cytobench.errors import BadInputError
 from cytobench.fish.analyze import analyze_images
 from cytobench.fish.calibrate import TruthSegmenter, calibrate_confusion, match_nuclei
 from cytobench.fish.channels import FishImage, parse_channel_map, read_fish_image, resolve_channels
 from cytobench.fish.otsu import OtsuSegmenter
-from cytobench.fish.segmenters import DESTROYED, WHOLE, YoloSegmenterAdapter, tile_windows
+from cytobench.fish.segmenters import DESTROYED, WHOLE, YoloSegmenterAdapter
 from cytobench.io.images import read_image
 from cytobench.simulate.fish import simulate_fish
 

@@ -136,3 +136,45 @@ def test_ddp_two_cpu_processes(tmp_path: Path, data_dir: Path) -> None:
     assert metrics["epoch"] == 2 and metrics["step"] == 4
     # evaluation covered each of the 2 validation images exactly once
     assert metrics["latest"]["enum/n_images"] == 2
+
+
+def test_predict_tiles_a_large_image_like_its_parts(tmp_path: Path, data_dir: Path) -> None:
+    """A 2 x 2 mosaic of training-size images, tiled with windows of that size and no overlap, gives the
+    union of the four images' own predictions (shifted): the windows are exactly the four images."""
+    import numpy as np
+
+    from cytobench.io.images import read_image, write_image
+
+    train(tmp_path / "run", data_dir, "trainer.max_epochs=1")
+    ckpt = str(tmp_path / "run" / "checkpoints" / "last.pt")
+    images = sorted((next(data_dir.glob("toy_n8_*")) / "images").glob("*.png"))[:4]
+    parts = [np.rint(read_image(p).array * 255).astype(np.uint8) for p in images]
+    h, w = parts[0].shape[:2]
+    mosaic = np.concatenate([np.concatenate(parts[:2], axis=1), np.concatenate(parts[2:], axis=1)], axis=0)
+    write_image(tmp_path / "mosaic.png", mosaic)
+    for name, paths, extra in (
+        ("parts", [str(p) for p in images], []),
+        ("mosaic", [str(tmp_path / "mosaic.png")], ["--tile", str(max(h, w)), "--tile-overlap", "0"]),
+    ):
+        cli_main(
+            [
+                "predict",
+                "--checkpoint",
+                ckpt,
+                "--images",
+                *paths,
+                "--out",
+                str(tmp_path / f"{name}.json"),
+                *extra,
+            ]
+        )
+    offsets = {1: (0, 0), 2: (w, 0), 3: (0, h), 4: (w, h)}
+    expected = sorted(
+        [r["bbox"][0] + offsets[r["image_id"]][0], r["bbox"][1] + offsets[r["image_id"]][1], r["score"]]
+        for r in json.loads((tmp_path / "parts.json").read_text())
+    )
+    got = sorted(
+        [r["bbox"][0], r["bbox"][1], r["score"]] for r in json.loads((tmp_path / "mosaic.json").read_text())
+    )
+    assert len(got) == len(expected) > 0
+    np.testing.assert_allclose(got, expected, atol=1e-3)

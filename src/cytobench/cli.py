@@ -103,8 +103,21 @@ def _cmd_predict(args: argparse.Namespace) -> None:
                 args.gt, f"has no image named {missing[0]} ({len(missing)} of the given images missing)"
             )
         image_ids = [by_name[p.name] for p in images]
+    if args.tile is not None and args.tile < 0:
+        raise BadInputError("--tile", f"must be >= 0 (0: never tile), got {args.tile}")
+    if args.scale <= 0:
+        raise BadInputError("--scale", f"must be > 0, got {args.scale}")
+    if args.tile_overlap is not None and args.tile_overlap < 0:
+        raise BadInputError("--tile-overlap", f"must be >= 0, got {args.tile_overlap}")
     results, dataset = predict_images(
-        args.checkpoint, images, device=args.device, batch_size=args.batch_size, image_ids=image_ids
+        args.checkpoint,
+        images,
+        device=args.device,
+        batch_size=args.batch_size,
+        image_ids=image_ids,
+        tile=args.tile,
+        tile_overlap=args.tile_overlap,
+        scale=args.scale,
     )
 
     save_coco_results(args.out, results)
@@ -269,6 +282,22 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--gt", help="COCO ground truth whose image ids (matched by file name) the results use")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--batch-size", type=int, default=2)
+    pr.add_argument(
+        "--tile",
+        type=int,
+        help="window side in px for images larger than the training images (default: the run's training "
+        "image size, used for images over 1.5 times it; 0: never tile)",
+    )
+    pr.add_argument(
+        "--tile-overlap", type=int, help="overlap of neighbouring windows in px (default: tile / 4)"
+    )
+    pr.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="resize images by this factor before inference, e.g. training pixel size / these images' "
+        "pixel size (results stay in the images' own pixels)",
+    )
     pr.set_defaults(func=_cmd_predict)
 
     sim = sub.add_parser("simulate", help="generate a labelled dataset with known truth (COCO)")

@@ -97,19 +97,38 @@ def predict_images(
     device: str = "auto",
     batch_size: int = 2,
     image_ids: Sequence[int] | None = None,
+    tile: int | None = None,
+    tile_overlap: int | None = None,
+    scale: float = 1.0,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Predict on ``images``; returns (COCO results, COCO dataset dict listing the images and categories).
 
     Works for checkpoints of the shared trainer and for YOLO runs; predicted masks become RLE
     ``segmentation`` entries. Images are numbered 1..N in the given order unless ``image_ids`` (e.g. a
-    ground truth's ids) are given.
+    ground truth's ids) are given. An image larger than the run's training images is predicted in
+    windows of the training size (:class:`~cytobench.engine.tiling.TiledPredictor`), as ``fish analyze``
+    does.
+
+    Args:
+        tile: window side in px; None: the training images' longer side (from the checkpoint's data
+            config), used for images over 1.5 times it; 0: never tile.
+        tile_overlap: overlap of neighbouring windows (default ``tile // 4``).
+        scale: resize factor applied before inference, e.g. training pixel size / these images' pixel
+            size (results are in the images' own pixels).
     """
+    from cytobench.engine.tiling import TiledPredictor, training_image_size
+
     dev = local_device(device)
     model, info = load_model_from_checkpoint(checkpoint, dev)
+    window = training_image_size(info.get("data_config")) if tile is None else int(tile)
+    try:
+        tiler = TiledPredictor(model, window, tile_overlap, scale)
+    except ValueError as err:
+        raise BadInputError("predict", f"{err} (the overlap must be smaller than the window)") from None
     dataset = ImageListDataset(images, image_ids)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=detection_collate)
     writer = CocoResultsWriter(info["label_to_cat_id"], info["categories"])
-    inference_on_dataset(model, loader, writer, dev)
+    inference_on_dataset(model, loader, writer, dev, predict=tiler)
     return writer.results, writer.dataset()
 
 

@@ -24,10 +24,11 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from cytobench.engine.tiling import TiledPredictor, training_image_size
 from cytobench.errors import BadInputError, CytobenchError
 from cytobench.fish.channels import FishImage
 
-__all__ = ["CATEGORIES", "Nuclei", "Segmenter", "YoloSegmenterAdapter", "build_segmenter", "tile_windows"]
+__all__ = ["CATEGORIES", "Nuclei", "Segmenter", "YoloSegmenterAdapter", "build_segmenter"]
 
 CATEGORIES = [
     {"id": 1, "name": "whole", "supercategory": "nucleus"},
@@ -103,91 +104,22 @@ class YoloSegmenterAdapter:
             raise BadInputError(path, f"categories {names} are not whole / destroyed nuclei")
         self._label_map = np.array([0] + [known[n] for n in names], np.int64)
         self.imgsz, self.conf, self.iou = imgsz, conf, iou
-        self.tile = _training_size(getattr(self.model, "metadata", {})) if tile is None else int(tile)
+        self.tile = training_image_size(self.model.metadata.get("data_config")) if tile is None else int(tile)
 
     def segment(self, image: FishImage) -> Nuclei:
-        rgb = image.rgb8()
-        h, w = image.shape
-        if self.tile <= 0 or max(h, w) <= 1.5 * self.tile:
-            return self._to_nuclei(self._predict([rgb])[0], image.shape)
-        windows = tile_windows(h, w, self.tile, self.tile // 4)
-        preds = self._predict([rgb[y0:y1, x0:x1] for (y0, y1, x0, x1), _core in windows])
-        masks, labels, scores = [], [], []
-        for ((y0, y1, x0, x1), (cy0, cy1, cx0, cx1)), pred in zip(windows, preds):
-            for mask, label, score in zip(pred["masks"], pred["labels"], pred["scores"]):
-                ys, xs = np.nonzero(mask)
-                if ys.size == 0:
-                    continue
-                my, mx = ys.mean() + y0, xs.mean() + x0
-                if not (cy0 <= my < cy1 and cx0 <= mx < cx1):
-                    continue
-                full = np.zeros((h, w), bool)
-                full[y0:y1, x0:x1] = mask
-                masks.append(full)
-                labels.append(label)
-                scores.append(score)
-        if not masks:
-            return Nuclei.empty(image.shape)
-        pred = {"masks": np.stack(masks), "labels": np.asarray(labels), "scores": np.asarray(scores)}
-        return self._to_nuclei(pred, image.shape)
-
-    def _predict(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """YOLO on uint8 RGB crops, through the model contract (tensors in [0, 1] in, predictions out)."""
-        tensors = [
-            torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255.0 for img in images
-        ]
+        """Nuclei of one image; images over 1.5 windows are predicted in windows of ``tile`` px."""
+        rgb = torch.from_numpy(np.ascontiguousarray(image.rgb8())).permute(2, 0, 1).float() / 255.0
         with torch.no_grad():
-            preds = self.model(tensors)
-        return [{k: v.numpy() for k, v in pred.items()} for pred in preds]
+            pred = TiledPredictor(self.model, max(self.tile, 0), max(self.tile, 0) // 4).predict_one(rgb)
+        pred = {k: v.cpu().numpy() for k, v in pred.items()}
+        if not len(pred["scores"]):
+            return Nuclei.empty(image.shape)
+        return self._to_nuclei(pred, image.shape)
 
     def _to_nuclei(self, pred: dict[str, np.ndarray], shape: tuple[int, int]) -> Nuclei:
         masks = np.asarray(pred["masks"], dtype=bool).reshape(-1, *shape)
         labels = self._label_map[np.asarray(pred["labels"], np.int64)]
         return Nuclei(masks, labels, np.asarray(pred["scores"], np.float32))
-
-
-def _training_size(metadata: dict) -> int:
-    """Longer side of the training images from a checkpoint's ``data_config`` (``size``), else 512."""
-    size = (metadata or {}).get("data_config", {}).get("size") if isinstance(metadata, dict) else None
-    if isinstance(size, int | float) and size > 0:
-        return int(size)
-    if isinstance(size, list | tuple) and size and all(isinstance(v, int | float) for v in size):
-        return int(max(size))
-    return 512
-
-
-def tile_windows(
-    height: int, width: int, tile: int, overlap: int
-) -> list[tuple[tuple[int, int, int, int], tuple[float, float, float, float]]]:
-    """Overlapping windows covering an image and the core of each (cores tile the image exactly).
-
-    Args:
-        height: H.
-        width: W.
-        tile: window side (clipped to the image).
-        overlap: overlap of neighbouring windows in px.
-
-    Returns:
-        ``[((y0, y1, x0, x1), (core_y0, core_y1, core_x0, core_x1)), ...]``: window slices and its core
-        bounds in pixel coordinates; a core ends halfway through the overlap with the next window. Windows
-        are spread evenly, so neighbours overlap by at least ``overlap`` px.
-    """
-
-    def starts_and_cuts(n: int) -> tuple[list[int], list[float]]:
-        size = min(tile, n)
-        count = 1 if size >= n else int(np.ceil((n - overlap) / max(size - overlap, 1)))
-        starts = [int(round(v)) for v in np.linspace(0, n - size, count)]  # even overlaps >= ``overlap``
-        cuts = [0.0] + [(b + a + size) / 2.0 for a, b in zip(starts[:-1], starts[1:])] + [float(n)]
-        return starts, cuts
-
-    ys, ycuts = starts_and_cuts(height)
-    xs, xcuts = starts_and_cuts(width)
-    th, tw = min(tile, height), min(tile, width)
-    return [
-        ((y0, y0 + th, x0, x0 + tw), (ycuts[i], ycuts[i + 1], xcuts[j], xcuts[j + 1]))
-        for i, y0 in enumerate(ys)
-        for j, x0 in enumerate(xs)
-    ]
 
 
 def build_segmenter(
