@@ -65,11 +65,11 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         max_dets=args.max_dets,
         overlap_tau=args.overlap_tau,
     )
-    text = json.dumps(metrics, indent=2, default=float)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
+        from cytobench.io.files import write_json_atomic
+
+        write_json_atomic(args.out, metrics, indent=2)
+    print(json.dumps(metrics, indent=2, default=float))
 
 
 # --------------------------------------------------------------------------------------------- predict
