@@ -16,7 +16,6 @@ from typing import Any
 from cytobench.errors import BadInputError, CytobenchError
 
 EVAL_KINDS = ("coco-bbox", "coco-segm", "coco-keypoints", "enumeration", "localization")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".czi"}
 
 
 # ------------------------------------------------------------------------------------------------ eval
@@ -73,25 +72,10 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------------------------- predict
-def list_images(paths: Sequence[str | Path]) -> list[Path]:
-    """Image files given directly or found (non-recursively) in the given folders, sorted by name."""
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise BadInputError(path, "no such file or folder")
-    if not found:
-        raise BadInputError(", ".join(map(str, paths)), "no images found (png, jpg, bmp, tif, czi)")
-    return found
-
-
 def _cmd_predict(args: argparse.Namespace) -> None:
     from cytobench.engine.predict import predict_images
     from cytobench.io.coco import load_coco, save_coco, save_coco_results
+    from cytobench.io.images import list_images
 
     images = list_images(args.images)
     image_ids = None

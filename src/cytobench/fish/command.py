@@ -83,13 +83,13 @@ def find_fish_images(paths: Sequence[str | Path]) -> tuple[list[Path], dict[Path
         paths: image files and/or folders, as given to ``--images``.
 
     Returns:
-        ``(images, folder_samples)``: the image files (:func:`cytobench.cli.list_images` order) and, per
+        ``(images, folder_samples)``: the image files (:func:`cytobench.io.images.list_images` order) and, per
         substituted ``images/`` folder, the sample name to use for its images (the dataset folder's name).
 
     Raises:
         BadInputError: a path does not exist, or no images are found (one line).
     """
-    from cytobench.cli import IMAGE_SUFFIXES, list_images
+    from cytobench.io.images import IMAGE_SUFFIXES, list_images
 
     resolved: list[Path] = []
     folder_samples: dict[Path, str] = {}

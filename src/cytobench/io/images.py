@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from cytobench.errors import UnreadableImage
+from cytobench.errors import BadInputError, UnreadableImage
 from cytobench.io.axes import select_planes
 
 __all__ = ["ImageData", "read_image", "read_image_tensor", "scale_to_unit", "write_image"]
@@ -323,3 +324,23 @@ def _tiff_resolution(page: Any, imagej: dict[str, Any] | None) -> tuple[float, f
     if xn <= 0 or yn <= 0:
         return None
     return (per_unit * yd / yn, per_unit * xd / xn)
+
+
+#: Files `cytobench predict` / `fish analyze` pick up from a folder.
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".czi"}
+
+
+def list_images(paths: Sequence[str | Path]) -> list[Path]:
+    """Image files given directly or found (non-recursively) in the given folders, sorted by name."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise BadInputError(path, "no such file or folder")
+    if not found:
+        raise BadInputError(", ".join(map(str, paths)), "no images found (png, jpg, bmp, tif, czi)")
+    return found
