@@ -15,14 +15,10 @@ from cytobench.errors import BadInputError
 from cytobench.io.files import save_atomic
 from cytobench.io.images import read_image_tensor
 from cytobench.reproduce import deepace_test
-from cytobench.reproduce.deepace_eval import (
-    evaluate_checkpoint,
-    evaluate_checkpoint_modes,
-    load_test_data,
-    score_predictions,
-    simulate_test_set,
-)
-from cytobench.reproduce.deepace_test import format_comparison, mr_fppi_curve, pick_examples
+from cytobench.reproduce.base import held_out_test_set, load_test_data
+from cytobench.reproduce.deepace_eval import evaluate_checkpoint, evaluate_checkpoint_modes, score_predictions
+from cytobench.reproduce.deepace_figures import pick_examples
+from cytobench.reproduce.deepace_test import format_comparison
 from tests.conftest import compose_config
 
 # the data and model sizes of experiment=deepace_smoke
@@ -81,7 +77,7 @@ def _tiny_checkpoint(path: Path, template: bool, seed: int) -> Path:
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("deepace_test")
     sets = root / "data" / "deepace_test"  # where `--data-dir root/data` keeps test sets
-    ann, images = simulate_test_set(DATA_CONFIG, sets, 3, seed=5)
+    ann, images, _ = held_out_test_set(DATA_CONFIG, 3, seed=5, cache_dir=sets)
     return {
         "deepace": _tiny_checkpoint(root / "deepace.pt", template=True, seed=0),
         "baseline": _tiny_checkpoint(root / "baseline.pt", template=False, seed=1),
@@ -93,23 +89,23 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 # ------------------------------------------------------------------------------------------ test set
-def test_simulate_test_set_is_held_out_and_cached(tiny: dict[str, Path]) -> None:
+def test_held_out_test_set_is_held_out_and_cached(tiny: dict[str, Path]) -> None:
     ann, images = tiny["ann"], tiny["images"]
     gt = json.loads(ann.read_text())
     assert len(gt["images"]) == 3 and {(i["width"], i["height"]) for i in gt["images"]} == {(256, 192)}
     assert ann.parent.name.startswith("test_256x192_n3_seed5_")
     before = ann.stat().st_mtime_ns
-    assert simulate_test_set(DATA_CONFIG, tiny["sets"], 3, seed=5) == (ann, images)
+    assert held_out_test_set(DATA_CONFIG, 3, seed=5, cache_dir=tiny["sets"]) == (ann, images, 5)
     assert ann.stat().st_mtime_ns == before  # reused, not simulated again
     # the training images (seed 0) differ from the test images (seed 5)
     other = {**DATA_CONFIG, "prepare": {**DATA_CONFIG["prepare"], "seed": 99}}  # a config trained on seed 99
-    train_ann, train_images = simulate_test_set(other, tiny["sets"], 1, seed=0)
+    train_ann, train_images, _ = held_out_test_set(other, 1, seed=0, cache_dir=tiny["sets"])
     first_train = read_image_tensor(
         train_images / json.loads(train_ann.read_text())["images"][0]["file_name"]
     )
     assert not torch.equal(first_train, read_image_tensor(images / gt["images"][0]["file_name"]))
-    with pytest.raises(ValueError, match="equals the training data's seed"):
-        simulate_test_set(DATA_CONFIG, tiny["sets"], 3, seed=0)
+    with pytest.raises(BadInputError, match="--seed: 0 is the training data's simulation seed"):
+        held_out_test_set(DATA_CONFIG, 3, seed=0, cache_dir=tiny["sets"])
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -165,18 +161,6 @@ def test_format_comparison_percent_beside_paper() -> None:
     assert [line.split("|")[1].strip() for line in lines[2:]] == ["A (paper)", "A (ours)", "B (paper)"]
     assert [c.strip() for c in lines[0].split("|")[2:4]] == ["WCR", "MR^-2"]
     assert [c.strip() for c in lines[3].split("|")[2:4]] == ["50.00", "12.50"]
-
-
-def test_mr_fppi_curve_by_hand() -> None:
-    targets = [{"boxes": np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float)}, {"boxes": np.zeros((0, 4))}]
-    predictions = [
-        {"boxes": np.array([[0, 0, 10, 10], [50, 50, 60, 60]], float), "scores": np.array([0.9, 0.8])},
-        {"boxes": np.array([[1, 1, 5, 5]], float), "scores": np.array([0.7])},
-    ]
-    fppi, mr = mr_fppi_curve(targets, predictions)
-    # ranked: TP (0.9), FP (0.8), FP (0.7); 2 ground truths, 2 images
-    np.testing.assert_allclose(fppi, [0.0, 0.5, 1.0])
-    np.testing.assert_allclose(mr, [0.5, 0.5, 0.5])
 
 
 def test_table5_pairs_fall_back_without_eg() -> None:

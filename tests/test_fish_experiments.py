@@ -1,124 +1,23 @@
 """FISH YOLOv8-seg experiments: configs compose with the paper's recipe, the smoke run trains through
-``python train.py``, ``reproduce fish/table1`` scores it; the table's precision / recall on hand cases."""
+``python train.py``, ``reproduce fish/table1`` scores it (the table's precision / recall maths is tested on
+hand cases in ``tests/unit/test_eval_operating_point.py``)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
 from cytobench.errors import BadInputError
-from cytobench.io.coco_convert import encode_mask
 from cytobench.reproduce import REPRODUCTIONS, load_reproduction
-from cytobench.reproduce.fish_table1 import (
-    load_paper_table,
-    match_detections,
-    precision_recall_at_best_f1,
-    simulate_test_set,
-)
+from cytobench.reproduce.base import held_out_test_set
+from cytobench.reproduce.fish_table1 import load_paper_table
 from tests.conftest import ROOT, compose_config, run_train_py
 
 FISH_EXPERIMENTS = ("fish_smoke", "fish_cpu", "fish_yolov8seg")
-
-
-# ------------------------------------------------------------------------------ precision / recall maths
-def _box(x: float, y: float, w: float, h: float) -> dict[str, Any]:
-    return {"bbox": [x, y, w, h]}
-
-
-def _dataset(gts: list[tuple[int, list[float]]]) -> dict[str, Any]:
-    anns = [
-        {"id": i + 1, "image_id": 1, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
-        for i, (c, b) in enumerate(gts)
-    ]
-    return {
-        "images": [{"id": 1, "width": 100, "height": 100}],
-        "annotations": anns,
-        "categories": [{"id": 1, "name": "whole"}, {"id": 2, "name": "destroyed"}],
-    }
-
-
-def _results(dets: list[tuple[int, list[float], float]]) -> list[dict[str, Any]]:
-    return [{"image_id": 1, "category_id": c, "bbox": b, "score": s} for c, b, s in dets]
-
-
-def test_best_f1_operating_point_one_class_by_hand() -> None:
-    gt = _dataset([(1, [0, 0, 10, 10]), (1, [20, 20, 10, 10])])
-    res = _results([(1, [0, 0, 10, 10], 0.9), (1, [50, 50, 5, 5], 0.8), (1, [20, 20, 10, 10], 0.7)])
-    # t=0.9: P 1, R 1/2, F1 2/3; t=0.8: P 1/2, R 1/2; t=0.7: P 2/3, R 1, F1 0.8 (best)
-    out = precision_recall_at_best_f1(gt, res, "bbox")
-    assert out["conf"] == 0.7
-    assert (
-        out["precision"] == pytest.approx(2 / 3) and out["recall"] == 1.0 and out["f1"] == pytest.approx(0.8)
-    )
-
-
-def test_best_f1_is_the_class_mean_at_one_shared_threshold() -> None:
-    gt = _dataset([(1, [0, 0, 10, 10]), (1, [20, 20, 10, 10]), (2, [40, 0, 10, 10])])
-    res = _results(
-        [
-            (1, [0, 0, 10, 10], 0.9),
-            (1, [50, 50, 5, 5], 0.8),
-            (1, [20, 20, 10, 10], 0.7),
-            (2, [40, 0, 10, 10], 0.75),
-            (2, [60, 60, 4, 4], 0.72),
-        ]
-    )
-    # mean F1 per threshold: .9 -> (2/3 + 0)/2, .8 -> (1/2 + 0)/2, .75 -> (1/2 + 1)/2 = 0.75 (best),
-    # .72 -> (1/2 + 2/3)/2, .7 -> (0.8 + 2/3)/2 = 0.733
-    out = precision_recall_at_best_f1(gt, res, "bbox")
-    assert out["conf"] == 0.75
-    assert out["precision"] == pytest.approx(0.75) and out["recall"] == pytest.approx(0.75)
-    assert out["f1"] == pytest.approx(0.75)
-
-
-def test_matching_is_greedy_by_score_and_duplicates_are_false_positives() -> None:
-    gt = _dataset([(1, [0, 0, 10, 10])])
-    res = _results([(1, [0, 0, 10, 10], 0.6), (1, [0, 0, 10, 9], 0.95), (2, [0, 0, 10, 10], 0.99)])
-    matched = match_detections(gt, res, "bbox")
-    scores, tps, n_gt = matched[1]
-    assert scores.tolist() == [0.95, 0.6] and tps.tolist() == [True, False] and n_gt == 1
-    assert matched[2][1].tolist() == [False] and matched[2][2] == 0  # wrong class: no ground truth there
-    assert precision_recall_at_best_f1(gt, [], "bbox")["recall"] == 0.0
-
-
-def test_mask_iou_threshold_is_inclusive_at_one_half() -> None:
-    square = np.zeros((20, 20), np.uint8)
-    square[0:10, 0:10] = 1
-    half, less = np.zeros_like(square), np.zeros_like(square)
-    half[0:10, 0:5] = 1  # IoU exactly 50 / 100
-    less[0:10, 0:5] = 1
-    less[9, 4] = 0  # IoU 49 / 100
-    gt = {
-        "images": [{"id": 1, "width": 20, "height": 20}],
-        "annotations": [
-            {
-                "id": 1,
-                "image_id": 1,
-                "category_id": 1,
-                "bbox": [0, 0, 10, 10],
-                "area": 100.0,
-                "iscrowd": 0,
-                "segmentation": encode_mask(square),
-            }
-        ],
-        "categories": [{"id": 1, "name": "whole"}],
-    }
-    for mask, expected in ((half, True), (less, False)):
-        res = [
-            {
-                "image_id": 1,
-                "category_id": 1,
-                "bbox": [0, 0, 5, 10],
-                "score": 0.5,
-                "segmentation": encode_mask(mask),
-            }
-        ]
-        assert match_detections(gt, res, "segm", 0.5)[1][1].tolist() == [expected]
+FISH_SIM = "cytobench.simulate.fish.simulate_fish"
 
 
 # ------------------------------------------------------------------------------------------------ configs
@@ -173,8 +72,10 @@ def test_table_is_registered() -> None:
 
 
 def test_test_set_seed_must_differ_from_training(tmp_path: Path) -> None:
-    with pytest.raises(BadInputError, match="seed"):
-        simulate_test_set({"prepare": {"seed": 5}}, 2, 5, tmp_path / "t")
+    with pytest.raises(BadInputError, match="--seed: 5 is the training data's simulation seed"):
+        held_out_test_set(
+            {"prepare": {"seed": 5, "size": 64}}, 2, 5, tmp_path / "t", default_simulator=FISH_SIM
+        )
 
 
 # ------------------------------------------------------------------------------- smoke run + table1

@@ -12,7 +12,8 @@ from scipy import stats
 
 from cytobench.cli import main as cli_main
 from cytobench.errors import BadInputError
-from cytobench.reproduce.deepace_tables import PAPER_FILE, build_table
+from cytobench.reproduce.base import load_paper
+from cytobench.reproduce.deepace_tables import build_table
 from cytobench.reproduce.runs import collect_runs
 
 FULL = {"hnas": True, "tnrl": True, "template": True, "hnas_criterion": "v2"}
@@ -44,7 +45,7 @@ def sweep(tmp_path: Path) -> tuple[Path, list[float], list[float]]:
 
 def test_table6_groups_by_switches_with_welch_p(sweep) -> None:
     root, eg, soft = sweep
-    paper = yaml.safe_load(PAPER_FILE.read_text())
+    paper = load_paper("deepace_tables")
     table, result = build_table("table6", collect_runs([root]), paper)
     groups = result["groups"]
     assert set(groups) == {"Single1+HNAS+TNRL+TM[EG]", "Single1+HNAS+TNRL+TM[SOFT]", "Single1"}
@@ -58,7 +59,7 @@ def test_table6_groups_by_switches_with_welch_p(sweep) -> None:
 
 def test_table10_keeps_only_full_models(sweep) -> None:
     root, _, _ = sweep
-    paper = yaml.safe_load(PAPER_FILE.read_text())
+    paper = load_paper("deepace_tables")
     _, result = build_table("table10", collect_runs([root]), paper)
     assert set(result["groups"]) == {"w EG", "w SOFT"}
     assert result["groups"]["w EG"]["enum/recall"]["n"] == 3
@@ -93,7 +94,7 @@ def test_unfinished_runs_are_left_out_and_rows_follow_the_paper(tmp_path: Path, 
     runs = collect_runs([tmp_path])
     assert sorted(r.path.name for r in runs) == ["base", "eg0", "eg1", "v1"]
     assert "left out 1 unfinished run(s)" in capsys.readouterr().err
-    paper = yaml.safe_load(PAPER_FILE.read_text())
+    paper = load_paper("deepace_tables")
     table, result = build_table("table6", runs, paper)
     assert list(result["groups"]) == ["Single1", "Single1+HNAS+TNRL+TM[EG]"]  # paper order, not path order
     # the HNASv1 run is not a TM row
@@ -104,3 +105,16 @@ def test_table_states_the_scale_of_its_runs(sweep, capsys) -> None:
     root, _, _ = sweep
     cli_main(["reproduce", "deepace/table6", "--runs", str(root), "--no-reevaluate"])
     assert "Scale (ours): ? px, 46 chromosomes/cell, ? images, ?, ? epochs" in capsys.readouterr().out
+
+
+def test_out_writes_the_table_and_its_numbers(sweep, tmp_path: Path, capsys) -> None:
+    root, _, _ = sweep
+    out = tmp_path / "tables" / "t10.md"
+    cli_main(["reproduce", "deepace/table10", "--runs", str(root), "--no-reevaluate", "--out", str(out)])
+    printed = capsys.readouterr().out
+    text = out.read_text()
+    assert "w EG (ours, n=3)" in text and text.rstrip().endswith("? epochs")
+    numbers = json.loads(out.with_suffix(".json").read_text())
+    assert numbers["groups"]["w EG"]["enum/recall"]["n"] == 3
+    assert numbers["table"] in text and numbers["table"] in printed
+    assert sorted(p.name for p in out.parent.iterdir()) == ["t10.json", "t10.md"]

@@ -1,7 +1,10 @@
 """``cytobench reproduce <paper>/<table>``: our numbers beside the paper's.
 
 Each reproduction lives in a module with ``add_arguments(parser)`` and a function taking the parsed
-arguments; the registry maps the name users type to ``module:function``.
+arguments; the registry maps the name users type to ``module:function``. Every module stands on
+:mod:`cytobench.reproduce.base`: the paper's numbers as package data (``papers/*.yaml``), a held-out
+test set rebuilt from a checkpoint's data config, the streaming evaluation loop, and ours beside the
+paper's as markdown + json. Table maths lives in :mod:`cytobench.evaluation`.
 """
 
 from __future__ import annotations

@@ -22,15 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cytobench.errors import BadInputError
 from cytobench.evaluation.stats import compare_groups, mean_std, paired_ttest
 from cytobench.io.files import write_json_atomic
-from cytobench.reporting.tables import format_table
+from cytobench.reproduce.base import format_beside_paper, load_paper, write_text_atomic
 from cytobench.reproduce.runs import Run, collect_runs, group_runs
 
-PAPER_FILE = Path(__file__).resolve().parents[3] / "experiments" / "deepace" / "paper_tables.yaml"
 TABLES = ("table6", "table7", "table10")
 
 
@@ -159,16 +156,13 @@ def build_table(name: str, runs: list[Run], paper: dict[str, Any]) -> tuple[str,
     columns = spec["columns"]
     keys = [f"enum/{c}" for c in columns]
     groups = dict(sorted(group_runs(runs, LABELS[name]).items(), key=lambda item: _row_order(item[0])))
-    rows: list[list[object]] = []
+    ours: dict[str, list[object]] = {}
+    rows: list[list[object]] = []  # p-value rows after ours
     result: dict[str, Any] = {"groups": {}, "p_values": {}}
-    for label, values in spec["rows"].items():
-        rows.append([f"{label} (paper)", *[f"{v:.2f}" for v in values]])
     for label, members in groups.items():
         stats = {k: mean_std([100 * r.metrics.get(k, float("nan")) for r in members]) for k in keys}
         result["groups"][label] = {k: {"mean": m, "std": s, "n": len(members)} for k, (m, s) in stats.items()}
-        rows.append(
-            [f"{label} (ours, n={len(members)})", *[f"{m:.2f} +- {s:.2f}" for m, s in stats.values()]]
-        )
+        ours[label] = [f"{m:.2f} +- {s:.2f}" for m, s in stats.values()]
     if "w EG" in groups or "Single1+HNAS+TNRL+TM[EG]" in groups:
         eg = groups.get("w EG") or groups.get("Single1+HNAS+TNRL+TM[EG]") or []
         soft = groups.get("w SOFT") or groups.get("Single1+HNAS+TNRL+TM[SOFT]") or []
@@ -182,12 +176,17 @@ def build_table(name: str, runs: list[Run], paper: dict[str, Any]) -> tuple[str,
                 rows.append(["EG vs SOFT p (ours, paired)", *[f"{paired[k]:.3g}" for k in keys]])
     for label, values in (spec.get("p_values") or {}).items():
         rows.append([f"{label} p (paper)", *[f"{v:g}" for v in values]])
-    return format_table(["method", *columns], rows), result
+    paper_rows = {label: [f"{v:.2f}" for v in values] for label, values in spec["rows"].items()}
+    repeats = {label: len(members) for label, members in groups.items()}
+    table = format_beside_paper(["method", *columns], paper_rows, ours, repeats=repeats, extra=rows)
+    return table, result
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", nargs="+", required=True, help="run or sweep folders to collect")
-    parser.add_argument("--out", help="also write the markdown table here")
+    parser.add_argument(
+        "--out", help="also write the markdown table here (and its numbers beside it, as <name>.json)"
+    )
     parser.add_argument(
         "--no-reevaluate",
         action="store_true",
@@ -197,7 +196,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_table(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    paper = yaml.safe_load(PAPER_FILE.read_text())
+    paper = load_paper("deepace_tables")
     runs = collect_runs(args.runs)
     if not getattr(args, "no_reevaluate", False):
         runs = expand_postprocess(runs, device=getattr(args, "device", "cpu"))
@@ -211,8 +210,10 @@ def run_table(name: str, args: argparse.Namespace) -> dict[str, Any]:
     scale_line = "Scale (ours): " + " | ".join(scales)
     print(f"{paper[name]['caption']} (values in %)\n{table}\n{scale_line}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(f"{table}\n\n{scale_line}\n")
+        out = Path(args.out)
+        write_text_atomic(out, f"{table}\n\n{scale_line}\n")
+        if out.suffix != ".json":
+            write_json_atomic(out.with_suffix(".json"), {**result, "table": table}, indent=2)
     return result
 
 

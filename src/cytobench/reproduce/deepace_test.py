@@ -38,21 +38,25 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cytobench.evaluation.stats import paired_ttest, summarize_runs, welch_ttest
-from cytobench.io.checkpoint import load_checkpoint
-from cytobench.reporting.tables import format_table
+from cytobench.io.files import write_json_atomic
+from cytobench.reproduce.base import (
+    TestSet,
+    check_scale,
+    checkpoint_configs,
+    format_beside_paper,
+    load_paper,
+    simulator_settings,
+    write_report,
+)
 from cytobench.reproduce.deepace_eval import (
+    DEFAULT_SIMULATOR,
     TEST_SEED_OFFSET,
     evaluate_checkpoint_modes,
     held_out_test_set,
-    load_test_data,
-    simulator_settings,
 )
-from cytobench.reproduce.deepace_figures import mr_fppi_curve, pick_examples
+from cytobench.reproduce.deepace_figures import plot_repeats, plot_test_figures
 
-PAPER_FILE = Path(__file__).resolve().parents[3] / "experiments" / "deepace" / "paper_tables.yaml"
 TEST_IMAGES = {"paper": 275, "cpu": 75, "smoke": 4}
 ROWS: tuple[tuple[str, str, str], ...] = (  # (Table 2 row, checkpoint role, post-processing)
     ("Faster R-CNN (ResNet-101+FPN)", "baseline", "nms"),
@@ -86,9 +90,9 @@ FIGURES = ("fig8_mr_fppi.png", "fig10_overlays.png")  # written by every evaluat
 FIG7 = "fig7_repeats.png"  # written when a row has several repeats
 
 
-def load_paper_tables(path: str | Path = PAPER_FILE) -> dict[str, Any]:
-    """The paper's Tables 2 and 5 (``experiments/deepace/paper_tables.yaml``, percent)."""
-    tables = yaml.safe_load(Path(path).read_text())
+def load_paper_tables() -> dict[str, Any]:
+    """The paper's Tables 2 and 5 (package data ``papers/deepace_tables.yaml``, percent)."""
+    tables = load_paper("deepace_tables")
     return {"table2": tables["table2"], "table5": tables["table5"]}
 
 
@@ -112,20 +116,17 @@ def format_comparison(
         p_rows: ``{label: {"enum/<column>": p-value}}`` rows appended at the end.
     """
     keys = [f"enum/{c}" for c in spec["columns"]]
-    rows: list[list[object]] = []
-    for name, values in spec["rows"].items():
-        rows.append([f"{name} (paper)", *[f"{float(v):.2f}" for v in values]])
-        mine = pairs.get(name, "")
-        if mine in ours:
-            k = (n or {}).get(mine, 1)
-            cells = [f"{100 * ours[mine].get(key, float('nan')):.2f}" for key in keys]
-            if k > 1:
-                spread = (std or {}).get(mine, {})
-                cells = [f"{c} +- {100 * spread.get(key, float('nan')):.2f}" for c, key in zip(cells, keys)]
-            rows.append([f"{name} (ours)" if k == 1 else f"{name} (ours, n={k})", *cells])
-    for label, p in (p_rows or {}).items():
-        rows.append([label, *[f"{p.get(key, float('nan')):.3g}" for key in keys]])
-    return format_table(["method", *[COLUMN_NAMES.get(c, c) for c in spec["columns"]]], rows)
+    repeats = {row: k for row, k in (n or {}).items() if k > 1}
+    cells: dict[str, list[object]] = {}
+    for row in set(pairs.values()) & set(ours):
+        cells[row] = [f"{100 * ours[row].get(key, float('nan')):.2f}" for key in keys]
+        if row in repeats:
+            spread = (std or {}).get(row, {})
+            cells[row] = [f"{c} +- {100 * spread.get(k, float('nan')):.2f}" for c, k in zip(cells[row], keys)]
+    paper = {name: [f"{float(v):.2f}" for v in values] for name, values in spec["rows"].items()}
+    extra = [[label, *[f"{p.get(k, float('nan')):.3g}" for k in keys]] for label, p in (p_rows or {}).items()]
+    header = ["method", *[COLUMN_NAMES.get(c, c) for c in spec["columns"]]]
+    return format_beside_paper(header, paper, cells, pairs=pairs, repeats=repeats, extra=extra)
 
 
 def compare_rows(
@@ -177,19 +178,18 @@ def reproduce(
     ``deepace`` and ``baseline`` are one checkpoint or several (one per repeat, e.g. per training
     seed); the test set is simulated from the first DeepACEv2 checkpoint's data config.
     """
-    if scale not in TEST_IMAGES:
-        raise ValueError(f"unknown scale {scale!r}: use one of {sorted(TEST_IMAGES)}")
+    n = int(n_test or 0) or check_scale(scale, TEST_IMAGES)
     checkpoints = {role: _paths(v) for role, v in (("deepace", deepace), ("baseline", baseline)) if _paths(v)}
     if "deepace" not in checkpoints:
         raise ValueError("no DeepACEv2 checkpoint given")
-    configs = {role: [_model_and_data_config(p) for p in paths] for role, paths in checkpoints.items()}
+    configs = {role: [checkpoint_configs(p) for p in paths] for role, paths in checkpoints.items()}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data_config = configs["deepace"][0][1]
-    settings = simulator_settings(data_config)[1]
+    settings = simulator_settings(data_config, DEFAULT_SIMULATOR)[1]
     notes = []
     for role, role_configs in configs.items():
-        other = sum(simulator_settings(data)[1] != settings for _, data in role_configs)
+        other = sum(simulator_settings(data, DEFAULT_SIMULATOR)[1] != settings for _, data in role_configs)
         if other:
             notes.append(
                 f"{other} of {len(role_configs)} {ROLE_NAMES[role]} checkpoint(s) were trained on data simulated"
@@ -199,8 +199,8 @@ def reproduce(
         notes.append(
             f"the paper's test images are 1600x1200; this checkpoint was trained on {settings['size']}"
         )
-    n = int(n_test or TEST_IMAGES[scale])
-    ann_file, images_dir, seed = held_out_test_set(data_config, n, seed, data_dir)
+    test_set = held_out_test_set(data_config, n, seed, data_dir)
+    ann_file, seed = test_set.ann_file, test_set.seed
     progress(f"test set: {n} simulated images of {settings['size'][0]}x{settings['size'][1]} px, seed {seed}")
 
     key = _cache_key(checkpoints, ann_file)
@@ -210,9 +210,7 @@ def reproduce(
         progress(f"reusing the evaluation cached in {cache_file}")
         evaluation = cached
     else:
-        repeats, skipped, seconds = _evaluate_rows(
-            checkpoints, configs, ann_file, images_dir, device, out_dir, progress
-        )
+        repeats, skipped, seconds = _evaluate_rows(checkpoints, configs, test_set, device, out_dir, progress)
         summary = {row: summarize_runs(runs) for row, runs in repeats.items()}
         evaluation = {
             "key": key,
@@ -222,7 +220,7 @@ def reproduce(
             "skipped": skipped,
             "seconds": seconds,
         }
-        cache_file.write_text(json.dumps(evaluation))
+        write_json_atomic(cache_file, evaluation)
     ours, std, repeats = evaluation["rows"], evaluation["std"], evaluation["repeats"]
     n_repeats = {row: len(runs) for row, runs in repeats.items()}
 
@@ -243,7 +241,8 @@ def reproduce(
     figures = list(FIGURES)
     if any(k > 1 for k in n_repeats.values()):
         paired = p_values["table2"].get(P_LABELS["table2"], {})
-        _plot_repeats(repeats, paper["table2"]["columns"], paired, out_dir / FIG7)
+        titles = {c: f"{COLUMN_NAMES[c]} (%)" for c in paper["table2"]["columns"]}
+        plot_repeats(repeats, titles, SHORT_LABELS, paired, out_dir / FIG7)
         figures.append(FIG7)
     else:
         (out_dir / FIG7).unlink(missing_ok=True)  # a figure of earlier repeats would mislead
@@ -263,9 +262,7 @@ def reproduce(
     }
     t2 = {**common, "rows": ours, "std": std, "repeats": repeats, "p_values": p_values["table2"]}
     result = {**t2, "p_values": p_values, "table2": table2, "table5": table5, "overlap_n": n_so}
-    (out_dir / "table2.md").write_text(table2 + "\n")
-    (out_dir / "table5.md").write_text(table5 + "\n")
-    (out_dir / "table2.json").write_text(json.dumps({**t2, "table": table2}, indent=2))
+    write_report(out_dir, "table2", table2, {**t2, "table": table2})
     t5 = {
         **common,
         "paper_rows": pairs5,
@@ -275,7 +272,7 @@ def reproduce(
         "p_values": p_values["table5"],
         "table": table5,
     }
-    (out_dir / "table5.json").write_text(json.dumps(t5, indent=2))
+    write_report(out_dir, "table5", table5, t5)
     return result
 
 
@@ -283,41 +280,16 @@ def _overlap_only(metrics: Mapping[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if "overlap" in k}
 
 
-def _plot_repeats(
-    repeats: Mapping[str, Sequence[Mapping[str, float]]],
-    columns: Sequence[str],
-    paired: Mapping[str, float],
-    path: Path,
-) -> None:
-    """Fig. 7: a box per row and Table 2 metric (percent), titled with the EG vs SOFT p-value if any."""
-    from cytobench.reporting.plots import close, plot_repeat_boxes
-
-    titles = {c: f"{COLUMN_NAMES[c]} (%)" for c in columns}
-    values = {
-        titles[c]: {
-            SHORT_LABELS[row]: [100 * m.get(f"enum/{c}", float("nan")) for m in runs]
-            for row, runs in repeats.items()
-        }
-        for c in columns
-    }
-    p_values = {titles[c]: paired[f"enum/{c}"] for c in columns if f"enum/{c}" in paired}
-    close(plot_repeat_boxes(values, path, p_values=p_values, p_label="EG vs SOFT p (paired)"))
-
-
 def _evaluate_rows(
     checkpoints: Mapping[str, Sequence[Path]],
     configs: Mapping[str, Sequence[tuple[dict[str, Any], dict[str, Any]]]],
-    ann_file: Path,
-    images_dir: Path,
+    test_set: TestSet,
     device: str,
     out_dir: Path,
     progress: Callable[[str], None],
 ) -> tuple[dict[str, list[dict[str, float]]], list[str], float]:
     """Every available row's metrics, one dict per checkpoint of its role; writes Fig. 8 and Fig. 10
     from the first checkpoint of each role. Returns (repeats per row, skipped rows, seconds)."""
-    from cytobench.reporting.overlays import save_overlay_grid
-    from cytobench.reporting.plots import close, plot_mr_fppi
-
     start = time.perf_counter()
     wanted: dict[Path, list[str]] = {}  # one evaluation per distinct checkpoint file
     skipped = []
@@ -336,7 +308,7 @@ def _evaluate_rows(
         modes = list(dict.fromkeys(modes))
         progress(f"evaluating checkpoint {k}/{len(wanted)} {path} with {', '.join(modes)} ...")
         for mode, (scores, predictions) in evaluate_checkpoint_modes(
-            path, ann_file, images_dir, modes, device
+            path, test_set.ann_file, test_set.images_dir, modes, device
         ).items():
             metrics[path, mode] = scores
             if path in firsts:
@@ -349,31 +321,10 @@ def _evaluate_rows(
             shown[row] = first_predictions[checkpoints[role][0].resolve(), mode]
     seconds = time.perf_counter() - start
 
-    targets, paths = load_test_data(ann_file, images_dir)
-    curves = {row: mr_fppi_curve(targets, preds) for row, preds in shown.items()}
     mr2 = {row: runs[0]["enum/mr2"] for row, runs in repeats.items()}
-    close(plot_mr_fppi(curves, out_dir / FIGURES[0], mr2=mr2))
     compared = list(dict.fromkeys(table5_pairs(shown).values()))
-    picks = pick_examples(targets, shown[compared[0]], shown[compared[-1]]) if compared else []
-    from cytobench.io.images import read_image_tensor
-
-    save_overlay_grid(
-        [read_image_tensor(paths[k]) for k in picks],
-        [targets[k]["boxes"] for k in picks],
-        {row: [shown[row][k] for k in picks] for row in compared},
-        out_dir / FIGURES[1],
-        image_titles=[paths[k].name for k in picks],
-    )
+    plot_test_figures(test_set, shown, mr2, compared, out_dir / FIGURES[0], out_dir / FIGURES[1])
     return repeats, skipped, seconds
-
-
-def _model_and_data_config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    from cytobench.errors import BadInputError
-
-    ckpt = load_checkpoint(path)
-    if "model_config" not in ckpt or "data_config" not in ckpt:
-        raise BadInputError(path, "not a cytobench training checkpoint (no model_config / data_config)")
-    return dict(ckpt["model_config"]), dict(ckpt["data_config"])
 
 
 def _paths(value: str | Path | Sequence[str | Path] | None) -> list[Path]:

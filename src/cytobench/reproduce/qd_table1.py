@@ -1,7 +1,8 @@
 """QD paper Table 1: epsilon-distance PR AUC of our localiser and TrackPy at D = 0.75 / 1.0 / 1.75.
 
 ``cytobench reproduce qd/table1 --checkpoint runs/.../best.pt [--scale cpu]`` simulates the three
-test sets with the physics the checkpoint was trained on, runs the trained Keypoint R-CNN, TrackPy
+test sets (in memory, one per diffusion coefficient) with the physics the checkpoint was trained on
+(:func:`physics_from_data_config`), runs the trained Keypoint R-CNN through the streaming loop, TrackPy
 (diameter and minmass fitted on a separate simulated training sample) and two classical baselines,
 scores all of them with the shared ``localization`` evaluator at eps = 1, 2, 3 px (70 / 140 / 210 nm)
 and prints the table beside the paper's. It also writes ``table1.md``, ``table1.json``, PR curves
@@ -11,20 +12,18 @@ per D and eps (``pr_curves.png``) and an overlay like the paper's Fig. 3 (``over
 from __future__ import annotations
 
 import argparse
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
+from cytobench.errors import CytobenchError
 from cytobench.evaluation.localization import LocalizationEvaluator
-from cytobench.reporting.tables import format_table
+from cytobench.reproduce.base import check_scale, format_beside_paper, in_batches, load_paper, write_report
 from cytobench.simulate.qd import QDBatch, ScanParams, simulate_qd_batch
 
-PAPER_FILE = Path(__file__).resolve().parents[3] / "experiments" / "qd" / "paper_table1.yaml"
 DIFFUSIONS = (0.75, 1.0, 1.75)
 EPS_PX = (1.0, 2.0, 3.0)
 # test images per D; "paper" uses the paper's 2,570 / 2,410 / 1,870
@@ -32,23 +31,22 @@ SCALES: dict[str, int | None] = {"paper": None, "cpu": 600, "demo": 300, "smoke"
 TRACKPY_FIT_IMAGES = {"paper": 2000, "cpu": 600, "demo": 300, "smoke": 48}
 
 
-def load_paper_table(path: str | Path = PAPER_FILE) -> dict[str, Any]:
-    """The paper's numbers (``experiments/qd/paper_table1.yaml``)."""
-    return yaml.safe_load(Path(path).read_text())
+def load_paper_table() -> dict[str, Any]:
+    """The paper's numbers (package data ``papers/qd_table1.yaml``)."""
+    return load_paper("qd_table1")
 
 
 def test_set_sizes(scale: str, paper: dict[str, Any]) -> dict[float, int]:
     """Images per diffusion coefficient at ``scale``."""
-    if scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r}: use one of {sorted(SCALES)}")
-    n = SCALES[scale]
+    n = check_scale(scale, SCALES)
     return {float(t["diffusion"]): int(n or t["n_images"]) for t in paper["test_sets"]}
 
 
-def batch_targets(batch: QDBatch) -> list[dict[str, np.ndarray]]:
-    """One target per image: the trajectory centroid as keypoint, the trajectory box."""
+def batch_targets(batch: QDBatch) -> list[dict[str, Any]]:
+    """One target per image (``image_id`` = its index): the trajectory centroid as keypoint, the box."""
     return [
         {
+            "image_id": i,
             "boxes": batch.boxes_px[i : i + 1].astype(np.float32),
             "labels": np.ones(1, dtype=np.int64),
             "keypoints": np.array([[[*batch.centroids_px[i], 2.0]]], dtype=np.float32),
@@ -57,18 +55,32 @@ def batch_targets(batch: QDBatch) -> list[dict[str, np.ndarray]]:
     ]
 
 
-@torch.no_grad()
+def simulate_test_sets(
+    params: ScanParams, sizes: Mapping[float, int], seed: int
+) -> Iterator[tuple[float, QDBatch]]:
+    """The held-out test sets, one at a time: ``(D, batch with trajectories)`` per diffusion coefficient.
+
+    Set ``k`` (in the order of ``sizes``) is drawn from ``numpy.random.default_rng([seed, 100 + k])``,
+    so it does not depend on the other sets' sizes; TrackPy's fitting sample uses ``[seed, 1]``.
+    """
+    for k, (diffusion, n) in enumerate(sizes.items()):
+        rng = np.random.default_rng([seed, 100 + k])
+        yield diffusion, simulate_qd_batch(n, diffusion, params, rng, return_trajectories=True)
+
+
 def predict_with_model(
-    model: torch.nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 64
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    targets: Sequence[Mapping[str, Any]],
+    device: torch.device,
+    batch_size: int = 64,
 ) -> list[dict[str, np.ndarray]]:
-    """Run a localiser on (N, 1, H, W) float images; predictions as NumPy dicts."""
-    model.eval()
-    out: list[dict[str, np.ndarray]] = []
-    for start in range(0, len(images), batch_size):
-        chunk = [img.to(device) for img in images[start : start + batch_size]]
-        for pred in model(chunk):
-            out.append({k: v.detach().cpu().numpy() for k, v in pred.items()})
-    return out
+    """Run a localiser on (N, 1, H, W) float images through the streaming loop; NumPy dicts per image."""
+    from cytobench.engine.inference import PredictionRecorder, inference_on_dataset
+
+    recorder = PredictionRecorder(keys=("boxes", "scores", "labels", "keypoints"))
+    inference_on_dataset(model, in_batches(images, targets, batch_size), recorder, device)
+    return recorder.predictions
 
 
 def score_methods(
@@ -95,12 +107,12 @@ def format_comparison(
     pixel_nm = float(paper.get("pixel_size_nm", 70))
     diffusions = [float(t["diffusion"]) for t in paper["test_sets"]]
     header = ["method", *[f"D={d:g} {e * pixel_nm:.0f}nm" for d in diffusions for e in eps]]
-    rows: list[list[object]] = []
-    for name, by_d in paper["rows"].items():
-        rows.append([f"{name} (paper)", *[float(by_d[d][i]) for d in diffusions for i in range(len(eps))]])
-    for name, by_d in ours.items():
-        rows.append([f"{name} (ours)", *[by_d[d][e] for d in diffusions for e in eps]])
-    return format_table(header, rows, digits=2)
+    theirs = {
+        name: [float(by_d[d][i]) for d in diffusions for i in range(len(eps))]
+        for name, by_d in paper["rows"].items()
+    }
+    mine = {name: [by_d[d][e] for d in diffusions for e in eps] for name, by_d in ours.items()}
+    return format_beside_paper(header, theirs, mine, digits=2)
 
 
 def fit_trackpy(params: ScanParams, n: int, seed: int) -> Any:
@@ -137,8 +149,8 @@ def reproduce(
     dev = local_device(device)
     model, params, count_scale = None, ScanParams(), None
     if checkpoint:
-        model, ckpt = load_model_from_checkpoint(checkpoint, dev)
-        params, count_scale = physics_from_checkpoint(ckpt)
+        model, info = load_model_from_checkpoint(checkpoint, dev)
+        params, count_scale = physics_from_data_config(info.get("data_config") or {}, checkpoint)
     locators: dict[str, Any] = {}
     if "trackpy" in baselines:
         progress(f"fitting TrackPy on {TRACKPY_FIT_IMAGES[scale]} simulated training images ...")
@@ -151,26 +163,22 @@ def reproduce(
     ours: dict[str, dict[float, dict[float, float]]] = {}
     curves: dict[str, dict[str, dict[float, tuple[np.ndarray, np.ndarray]]]] = {}
     overlays = []
-    for k, (diffusion, n) in enumerate(sizes.items()):
-        progress(f"D = {diffusion:g} um^2/s: simulating {n} test images and localising ...")
-        batch = simulate_qd_batch(
-            n, diffusion, params, np.random.default_rng([seed, 100 + k]), return_trajectories=True
-        )
+    for diffusion, batch in simulate_test_sets(params, sizes, seed):
+        progress(f"D = {diffusion:g} um^2/s: {len(batch)} simulated test images, localising ...")
+        targets = batch_targets(batch)
         predictions: dict[str, list[dict[str, np.ndarray]]] = {}
         if model is not None:
-            predictions["Keypoint R-CNN"] = predict_with_model(
-                model, counts_to_tensor(batch.counts, count_scale), dev
-            )
+            images = counts_to_tensor(batch.counts, count_scale)
+            predictions["Keypoint R-CNN"] = predict_with_model(model, images, targets, dev)
         for name, locator in locators.items():
             predictions[name] = locator(batch.counts)
-        aucs, pr = score_methods(predictions, batch_targets(batch), EPS_PX)
+        aucs, pr = score_methods(predictions, targets, EPS_PX)
         for name, by_eps in aucs.items():
             ours.setdefault(name, {})[diffusion] = by_eps
         curves[f"D={diffusion:g}"] = pr
         overlays.append((diffusion, batch, predictions))
 
     table = format_comparison(paper, ours, EPS_PX)
-    (out_dir / "table1.md").write_text(table + "\n")
     close(plot_pr_grid(curves, out_dir / "pr_curves.png"))
     close(plot_overlay_grid(overlays, out_dir / "overlay.png"))
     result = {
@@ -185,15 +193,28 @@ def reproduce(
         "trackpy": _trackpy_choice(locators.get("TrackPy")),
         "table": table,
     }
-    (out_dir / "table1.json").write_text(json.dumps(result, indent=2, default=float))
+    write_report(out_dir, "table1", table, result)
     return result
 
 
-def physics_from_checkpoint(ckpt: dict[str, Any]) -> tuple[ScanParams, float | None]:
-    """The scan parameters and count scale the checkpoint's training data used."""
-    train = (ckpt.get("data_config") or {}).get("train") or {}
-    fields = {k: v for k, v in (train.get("params") or {}).items() if not k.startswith("_")}
-    return ScanParams(**fields), train.get("count_scale")
+def physics_from_data_config(
+    data_config: Mapping[str, Any], source: str | Path = "data config"
+) -> tuple[ScanParams, float | None]:
+    """The scan parameters and count scale a checkpoint's training data used.
+
+    ``params`` is read from the training set's node (``data=qd``: frames simulated on the fly), else
+    from the ``prepare`` node (``data=qd_disk``), else from ``data.params``; ``count_scale`` from the
+    training set's node or ``data.count_scale`` (None: the default 255).
+    """
+    train = data_config.get("train") or {}
+    nodes = (train, data_config.get("prepare") or {}, data_config)
+    params = next((node["params"] for node in nodes if node.get("params") is not None), {})
+    fields = {k: v for k, v in params.items() if not str(k).startswith("_")}
+    try:
+        scan = ScanParams(**fields)
+    except (TypeError, ValueError) as err:
+        raise CytobenchError(f"{source}: the training data's params are not scan parameters: {err}") from None
+    return scan, train.get("count_scale", data_config.get("count_scale"))
 
 
 def _trackpy_choice(locator: Any) -> dict[str, Any] | None:
