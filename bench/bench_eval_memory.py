@@ -10,10 +10,11 @@ feed a COCO segm evaluator (maxDets 300):
 * ``streaming``: :func:`cytobench.engine.inference.inference_on_dataset` on all ``--n`` images (each
   batch converted to RLE as it comes).
 
-Each loop runs in a fresh process and reports its peak RSS (``ru_maxrss``). Target (issue 11): 200 images
-of 512 x 512 with 300 masks each under 2 GiB.
+Each loop runs in a fresh process and reports its peak RSS (``ru_maxrss``). Targets: 200 images of
+512 x 512 with 300 masks each under 2 GiB (issue 11), and peak RSS flat in the number of images: 50 vs
+200 images within 10% (issue 13).
 
-Usage: ``python bench/bench_eval_memory.py [--n 200] [--size 512] [--masks 300] [--baseline-n 3 6]``
+Usage: ``python bench/bench_eval_memory.py [--n 200] [--n-small 50] [--size 512] [--masks 300] [--baseline-n 2 4]``
 """
 
 from __future__ import annotations
@@ -133,8 +134,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--masks", type=int, default=300)
+    parser.add_argument("--n-small", type=int, default=50, help="images of the flatness check (vs --n)")
     parser.add_argument(
-        "--baseline-n", type=int, nargs=2, default=[3, 6], help="images for the baseline's slope"
+        "--baseline-n", type=int, nargs=2, default=[2, 4], help="images for the baseline's slope"
     )
     parser.add_argument("--child", choices=["gather", "streaming"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -145,6 +147,7 @@ def main() -> None:
     slope = (large["peak_mib"] - small["peak_mib"]) / (args.baseline_n[1] - args.baseline_n[0])
     extrapolated = large["peak_mib"] + slope * (args.n - args.baseline_n[1])
     streaming = measure("streaming", args.n, args.size, args.masks)
+    streaming_small = measure("streaming", args.n_small, args.size, args.masks)
     print(
         f"{args.n} images of {args.size} x {args.size}, {args.masks} predicted + {args.masks} true masks each"
     )
@@ -153,6 +156,7 @@ def main() -> None:
     for name, k, row in (
         ("gather (baseline)", args.baseline_n[0], small),
         ("gather (baseline)", args.baseline_n[1], large),
+        ("streaming", args.n_small, streaming_small),
         ("streaming", args.n, streaming),
     ):
         print(f"| {name} | {k} | {row['peak_mib']:.0f} | {row['seconds']:.1f} | {row['segm_AP50']:.4f} |")
@@ -164,6 +168,9 @@ def main() -> None:
         f"streaming peak {streaming['peak_mib']:.0f} MiB vs the 2 GiB target: {verdict}; "
         f"baseline / streaming at {args.n} images: {extrapolated / streaming['peak_mib']:.0f}x"
     )
+    growth = streaming["peak_mib"] / streaming_small["peak_mib"]
+    flat = "met" if growth <= 1.10 else "NOT met"
+    print(f"streaming peak at {args.n} / at {args.n_small} images: {growth:.3f} (goal <= 1.10): {flat}")
 
 
 if __name__ == "__main__":

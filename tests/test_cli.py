@@ -203,7 +203,7 @@ def test_simulate_metaphase_command(tmp_path: Path, capsys) -> None:
     data = json.loads((tmp_path / "annotations.json").read_text())
     assert len(data["annotations"]) == data["images"][0]["n_chromosomes"]
     code, _, err = run_cli(["simulate", "metaphase", "--n", "0", "--out", str(tmp_path / "x")], capsys)
-    assert code == 2 and "n_images" in err and err.count("\n") == 1
+    assert code == 2 and "--n" in err and err.count("\n") == 1
 
 
 def test_simulate_metaphase_aneuploid_split_karyotype(tmp_path: Path, capsys) -> None:

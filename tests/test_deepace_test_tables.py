@@ -224,7 +224,9 @@ def test_table2_and_table5_end_to_end(
     # table5 reuses the cached evaluation: nothing is evaluated again
     monkeypatch.setattr(deepace_test, "evaluate_checkpoint_modes", _fail)
     result5 = deepace_test.table5(parser.parse_args(argv))
-    assert result5["rows"] == json.loads(json.dumps(rows))
+    assert set(result5["rows"]) == set(rows)  # read back from the cache: NaN again
+    for row, metrics in rows.items():
+        assert result5["rows"][row] == pytest.approx(metrics, nan_ok=True), row
     assert "| Faster R-CNN (ours)" in capsys.readouterr().out
 
 
@@ -272,7 +274,8 @@ def test_table2_over_repeats(
     # table5 reuses the cached repeats
     monkeypatch.setattr(deepace_test, "evaluate_checkpoint_modes", _fail)
     result5 = deepace_test.table5(parser.parse_args(argv))
-    assert result5["repeats"] == json.loads(json.dumps(result["repeats"]))
+    for row, runs in result["repeats"].items():  # read back from the cache: NaN again
+        assert [pytest.approx(r, nan_ok=True) for r in runs] == result5["repeats"][row]
     assert "| DeepACEv2 (ours, n=2) " in capsys.readouterr().out
 
 
@@ -297,7 +300,7 @@ def test_baseline_experiments_smoke_train(name: str, tmp_path: Path, data_dir: P
 
     cfg = compose_config([f"experiment={name}", *SMOKE_SIZES, "trainer.max_epochs=1"], tmp_path, data_dir)
     run(cfg)
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert (
         ckpt["model_config"]["postprocess"] == cfg.model.postprocess and not ckpt["model_config"]["template"]
     )

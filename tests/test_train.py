@@ -10,8 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from cytobench.cli import main as cli_main
+from cytobench.errors import BadInputError
+from cytobench.io.checkpoint import load_checkpoint
+from cytobench.io.files import read_json
 from cytobench.train import run
 from tests.conftest import ROOT, compose_config
 
@@ -21,7 +25,7 @@ SMOKE = ["experiment=faster_rcnn_smoke", "logger=csv"]
 
 def train(run_dir: Path, data_dir: Path, *overrides: str) -> dict:
     run(compose_config([*SMOKE, *overrides], run_dir, data_dir))
-    return json.loads((run_dir / "metrics.json").read_text())
+    return read_json(run_dir / "metrics.json")  # undefined metrics are null in the file, NaN here
 
 
 def test_smoke_run_writes_everything(tmp_path: Path, data_dir: Path) -> None:
@@ -32,7 +36,7 @@ def test_smoke_run_writes_everything(tmp_path: Path, data_dir: Path) -> None:
     csv_rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert csv_rows[0] == "step,key,value" and any(",train/loss," in r for r in csv_rows)
     assert "${" not in (tmp_path / "config.yaml").read_text()  # written resolved
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["num_classes"] == 3 and ckpt["model_config"]["backbone"] == "resnet18"
 
 
@@ -46,10 +50,37 @@ def test_resume_reproduces_uninterrupted_run(tmp_path: Path, data_dir: Path) -> 
         f"trainer.resume={tmp_path / 'part' / 'checkpoints' / 'last.pt'}",
     )
     assert resumed["step"] == full["step"]
-    assert resumed["history"] == full["history"]
-    a = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    raw = {name: json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("full", "resumed")}
+    assert raw["resumed"]["history"] == raw["full"]["history"]  # as written: undefined metrics are null
+    a = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_an_override_the_checkpoint_fixes(tmp_path: Path, data_dir: Path) -> None:
+    """Resuming with trainer.optimizer.lr=1e10 trained at the checkpoint's 0.005 while config.yaml said
+    1e10; now it is refused, naming the value, and a resume that runs records the values it used."""
+    train(tmp_path / "part", data_dir, "trainer.max_epochs=1")
+    ckpt = tmp_path / "part" / "checkpoints" / "last.pt"
+    stored = load_checkpoint(ckpt)
+    assert stored["trainer_config"]["optimizer"]["lr"] == 0.005 and stored["seed"] == 0
+    with pytest.raises(BadInputError, match=r"fixes trainer\.optimizer\.lr=0\.005 \(this run: 1e\+10\)"):
+        train(
+            tmp_path / "lr",
+            data_dir,
+            "trainer.max_epochs=2",
+            "trainer.optimizer.lr=1e10",
+            f"trainer.resume={ckpt}",
+        )
+    assert not (tmp_path / "lr" / "config.yaml").exists()
+
+    metrics = train(tmp_path / "ok", data_dir, "trainer.max_epochs=2", f"trainer.resume={ckpt}")
+    assert metrics["epoch"] == 2 and metrics["status"] == "done"
+    config = yaml.safe_load((tmp_path / "ok" / "config.yaml").read_text())
+    resumed = load_checkpoint(tmp_path / "ok" / "checkpoints" / "last.pt")
+    assert (
+        config["trainer"]["optimizer"]["lr"] == resumed["optimizer"]["param_groups"][0]["initial_lr"] == 0.005
+    )
 
 
 def test_predict_command_writes_coco_results(tmp_path: Path, data_dir: Path, capsys) -> None:

@@ -7,14 +7,29 @@ Bad input stops with one line naming the file, the item and the fault (exit code
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cytobench.cli_checks import (
+    check_against_ground_truth,
+    check_images_of,
+    check_input_file,
+    check_output_file,
+    check_ranges,
+    check_reproduce_inputs,
+    check_simulate_args,
+)
 from cytobench.errors import BadInputError, CytobenchError
 
+#: help of ``--trust-checkpoint`` (predict, fish analyze, reproduce fish/table1)
+TRUST_CHECKPOINT_HELP = (
+    "load a pickled ultralytics .pt (e.g. COCO-pretrained, or a YOLO run of an older cytobench): unpickling "
+    "runs whatever code the file names, so give it only for files whose source you trust; a YOLO run's own "
+    "checkpoints load without it"
+)
 EVAL_KINDS = ("coco-bbox", "coco-segm", "coco-keypoints", "enumeration", "localization")
 
 
@@ -30,7 +45,20 @@ def evaluate_files(
     max_dets: Sequence[int] = (1, 10, 100),
     overlap_tau: float = 0.5,
 ) -> dict[str, float]:
-    """Score a COCO results file against a COCO ground-truth file; returns namespaced metrics."""
+    """Score a COCO results file against a COCO ground-truth file; returns namespaced metrics.
+
+    Raises:
+        BadInputError: a threshold out of range (score and IoU thresholds in [0, 1], eps > 0, maxDets >= 1).
+    """
+    check_ranges(
+        [
+            ("--score-thr", score_thr, 0.0 <= score_thr <= 1.0, "in [0, 1]"),
+            ("--iou-thr", iou_thr, 0.0 < iou_thr <= 1.0, "in (0, 1]"),
+            ("--overlap-tau", overlap_tau, overlap_tau >= 0.0, ">= 0"),
+            ("--eps", list(eps), all(e > 0 and math.isfinite(e) for e in eps), "finite and > 0"),
+            ("--max-dets", list(max_dets), all(m >= 1 for m in max_dets), ">= 1"),
+        ]
+    )
     from cytobench.evaluation import EnumerationEvaluator, LocalizationEvaluator, evaluate_coco
     from cytobench.io.coco import load_coco, load_coco_results
     from cytobench.io.coco_convert import coco_to_targets, results_to_predictions
@@ -41,7 +69,14 @@ def evaluate_files(
         iou_type = kind.removeprefix("coco-")
         if iou_type == "keypoints" and not any(c.get("keypoints") for c in gt["categories"]):
             raise BadInputError(gt_path, "no category defines keypoints, so keypoint AP is undefined")
-        metrics = evaluate_coco(gt, results, iou_type, max_dets=tuple(max_dets), copy_inputs=False)
+        try:
+            metrics = evaluate_coco(gt, results, iou_type, max_dets=tuple(max_dets), copy_inputs=False)
+        except BadInputError as err:  # the evaluator names its inputs "ground truth" / "predictions"
+            if err.path not in ("ground truth", "predictions"):
+                raise
+            raise type(err)(
+                gt_path if err.path == "ground truth" else pred_path, err.fault, err.item
+            ) from None
         return {f"coco/{iou_type}_{k}": v for k, v in metrics.items()}
     targets = coco_to_targets(gt)
     predictions = results_to_predictions(results, [img["id"] for img in gt["images"]])
@@ -54,6 +89,8 @@ def evaluate_files(
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
+    if args.out:
+        check_output_file(args.out, args.overwrite)
     metrics = evaluate_files(
         args.kind,
         args.gt,
@@ -64,11 +101,11 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         max_dets=args.max_dets,
         overlap_tau=args.overlap_tau,
     )
-    if args.out:
-        from cytobench.io.files import write_json_atomic
+    from cytobench.io.files import dumps_json, write_json_atomic
 
+    if args.out:
         write_json_atomic(args.out, metrics, indent=2)
-    print(json.dumps(metrics, indent=2, default=float))
+    print(dumps_json(metrics, indent=2))
 
 
 # --------------------------------------------------------------------------------------------- predict
@@ -77,22 +114,34 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from cytobench.io.coco import load_coco, save_coco, save_coco_results
     from cytobench.io.images import list_images
 
+    check_ranges(
+        [
+            ("--batch-size", args.batch_size, args.batch_size >= 1, ">= 1"),
+            ("--tile", args.tile, args.tile is None or args.tile >= 0, ">= 0 (0: never tile)"),
+            (
+                "--tile-overlap",
+                args.tile_overlap,
+                args.tile_overlap is None or args.tile_overlap >= 0,
+                ">= 0",
+            ),
+            ("--scale", args.scale, args.scale > 0 and math.isfinite(args.scale), "finite and > 0"),
+        ]
+    )
+    index_path = Path(args.out).with_suffix(".images.json")
+    for path in (args.out, index_path):
+        check_output_file(path, args.overwrite)
+    check_input_file(args.checkpoint, "checkpoint")
     images = list_images(args.images)
+    gt = load_coco(args.gt) if args.gt else None
     image_ids = None
-    if args.gt:  # number the images as the ground truth does, so `cytobench eval` can score the output
-        by_name = {img["file_name"]: img["id"] for img in load_coco(args.gt)["images"]}
+    if gt is not None:  # number the images as the ground truth does, so `cytobench eval` can score the output
+        by_name = {img["file_name"]: img["id"] for img in gt["images"]}
         missing = [p.name for p in images if p.name not in by_name]
         if missing:
             raise BadInputError(
                 args.gt, f"has no image named {missing[0]} ({len(missing)} of the given images missing)"
             )
         image_ids = [by_name[p.name] for p in images]
-    if args.tile is not None and args.tile < 0:
-        raise BadInputError("--tile", f"must be >= 0 (0: never tile), got {args.tile}")
-    if args.scale <= 0:
-        raise BadInputError("--scale", f"must be > 0, got {args.scale}")
-    if args.tile_overlap is not None and args.tile_overlap < 0:
-        raise BadInputError("--tile-overlap", f"must be >= 0, got {args.tile_overlap}")
     results, dataset = predict_images(
         args.checkpoint,
         images,
@@ -102,16 +151,18 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         tile=args.tile,
         tile_overlap=args.tile_overlap,
         scale=args.scale,
+        trust=args.trust_checkpoint,
     )
-
+    if gt is not None:
+        check_against_ground_truth(args.gt, gt, dataset)
     save_coco_results(args.out, results)
-    index_path = Path(args.out).with_suffix(".images.json")
     save_coco(index_path, dataset)
     print(f"wrote {len(results)} detections on {len(images)} images to {args.out} (image ids: {index_path})")
 
 
 # -------------------------------------------------------------------------------------------- simulate
 def _cmd_simulate_toy(args: argparse.Namespace) -> None:
+    check_simulate_args(args)
     from cytobench.simulate.toy import simulate_toy
 
     try:
@@ -128,6 +179,7 @@ def _cmd_simulate_toy(args: argparse.Namespace) -> None:
 
 
 def _cmd_simulate_qd(args: argparse.Namespace) -> None:
+    check_simulate_args(args)
     from cytobench.simulate.qd import ScanParams
     from cytobench.simulate.qd_dataset import simulate_qd_dataset
 
@@ -163,6 +215,7 @@ def _parse_counts(text: str) -> int | dict[int, float]:
 
 
 def _cmd_simulate_metaphase(args: argparse.Namespace) -> None:
+    check_simulate_args(args)
     from cytobench.simulate.metaphase import simulate_metaphase
 
     try:
@@ -183,6 +236,7 @@ def _cmd_simulate_metaphase(args: argparse.Namespace) -> None:
 
 
 def _cmd_simulate_fish(args: argparse.Namespace) -> None:
+    check_simulate_args(args)
     from cytobench.simulate.fish import parse_mix, simulate_fish
 
     size = args.size[0] if len(args.size) == 1 else tuple(args.size)
@@ -223,12 +277,17 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
         raise CytobenchError(str(err.args[0])) from None
     parser = argparse.ArgumentParser(prog=f"cytobench reproduce {args.name}", description=module.__doc__)
     module.add_arguments(parser)
-    reproduce(parser.parse_args(args.rest))
+    options = parser.parse_args(args.rest)
+    check_reproduce_inputs(options)
+    reproduce(options)
 
 
 def _cmd_export_yolo(args: argparse.Namespace) -> None:
+    from cytobench.io.files import refuse_existing
     from cytobench.io.yolo import export_yolo
 
+    refuse_existing(Path(args.out) / "labels" / args.split, args.overwrite)
+    check_images_of(args.gt, args.images)  # all there before anything is written
     mapping = export_yolo(args.gt, args.images, args.out, split=args.split, task=args.task)
     print(f"exported {args.gt} to YOLO format in {args.out} (class ids: {mapping})")
 
@@ -257,15 +316,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--eps", type=float, nargs="+", default=[1.0, 2.0, 3.0], help="localization: pixels")
     ev.add_argument("--max-dets", type=int, nargs=3, default=[1, 10, 100], help="coco: maxDets")
     ev.add_argument("--out", help="also write the metrics json here")
+    ev.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     ev.set_defaults(func=_cmd_eval)
 
     pr = sub.add_parser("predict", help="run a trained checkpoint on images; writes COCO results json")
     pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--trust-checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
     pr.add_argument("--images", required=True, nargs="+", help="image files and/or folders")
     pr.add_argument("--out", required=True, help="results json to write")
     pr.add_argument("--gt", help="COCO ground truth whose image ids (matched by file name) the results use")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--batch-size", type=int, default=2)
+    pr.add_argument(
+        "--overwrite", action="store_true", help="replace --out (and its .images.json) if they exist"
+    )
     pr.add_argument(
         "--tile",
         type=int,
@@ -292,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--seed", type=int, default=0)
     toy.add_argument("--val-fraction", type=float, help="write train.json + val.json (last images = val)")
     toy.add_argument("--out", required=True)
+    toy.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a dataset already in --out (its json and the images it writes)",
+    )
     toy.set_defaults(func=_cmd_simulate_toy)
 
     qd = sim_sub.add_parser("qd", help="two-photon laser-scan images of a diffusing quantum dot (QD paper)")
@@ -301,6 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     qd.add_argument("--n-qd", type=float, help="photons per dwell at focus (default: the calibrated value)")
     qd.add_argument("--seed", type=int, default=0)
     qd.add_argument("--out", required=True)
+    qd.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a dataset already in --out (its json and the images it writes)",
+    )
     qd.set_defaults(func=_cmd_simulate_qd)
 
     meta = sim_sub.add_parser(
@@ -325,6 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="1 class or the 24 classes",
     )
     meta.add_argument("--out", required=True)
+    meta.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a dataset already in --out (its json and the images it writes)",
+    )
     meta.set_defaults(func=_cmd_simulate_metaphase)
 
     fsim = sim_sub.add_parser(
@@ -343,6 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fsim.add_argument("--pixel-size", type=float, help="pixel size in um (default 0.15; nuclei are 10 um)")
     fsim.add_argument("--out", required=True)
+    fsim.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a dataset already in --out (its json and the images it writes)",
+    )
     fsim.set_defaults(func=_cmd_simulate_fish)
 
     from cytobench.fish.command import add_analyze_arguments
@@ -366,11 +450,15 @@ def build_parser() -> argparse.ArgumentParser:
     yolo.add_argument("--out", required=True)
     yolo.add_argument("--split", default="train")
     yolo.add_argument("--task", choices=("detect", "segment"), default="detect")
+    yolo.add_argument("--overwrite", action="store_true", help="replace this split if --out already has it")
     yolo.set_defaults(func=_cmd_export_yolo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    from cytobench.tool_dirs import use_private_tool_dirs
+
+    use_private_tool_dirs()  # before torch / matplotlib load: their caches stay out of HOME and TMPDIR
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
         _cmd_train(argv[1:])

@@ -260,14 +260,16 @@ def test_scoring_glue_gives_ap_one_for_ground_truth_predictions(
 # -------------------------------------------------------------------------------- training (one small run)
 @pytest.fixture(scope="module")
 def trained(toy: Path, no_network: list[str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """2 epochs of yolov8n-seg at 96 px, started from local weights that the test saves itself."""
+    """2 epochs of yolov8n-seg at 96 px, started from local weights that the test saves itself (in cytobench's
+    safe format; ``pickled`` holds the same weights as ultralytics saves them)."""
     from cytobench.train import run
 
     base = tmp_path_factory.mktemp("yolo_run")
     yolo_module.setup_ultralytics_offline(base / "cfg")
-    weights = base / "local_init.pt"
+    weights, pickled = base / "local_init.pt", base / "local_init_ultralytics.pt"
     source = build_yolo_model("yolov8n-seg.yaml")
-    source.save(str(weights))
+    yolo_module.save_yolo_checkpoint(source, weights, {})
+    source.save(str(pickled))
     cfg = compose_config(
         [
             "model=yolov8_seg",
@@ -290,6 +292,7 @@ def trained(toy: Path, no_network: list[str], tmp_path_factory: pytest.TempPathF
         "run_dir": base / "run",
         "result": result,
         "weights": weights,
+        "pickled": pickled,
         "source": source,
         "attempts": no_network,
     }
@@ -339,8 +342,6 @@ def test_training_run_offline_writes_the_run_folder_contract(trained: dict[str, 
 def test_checkpoints_carry_metadata_and_predict_masks_at_image_size(
     trained: dict[str, Any], toy: Path
 ) -> None:
-    from ultralytics import YOLO
-
     run_dir = trained["run_dir"]
     for name in ("best", "last"):
         meta = read_yolo_metadata(run_dir / "checkpoints" / f"{name}.pt")
@@ -348,7 +349,11 @@ def test_checkpoints_carry_metadata_and_predict_masks_at_image_size(
         assert meta["imgsz"] == 96 and meta["model_config"]["_target_"] == "cytobench.models.yolo.build_yolo"
         assert meta["task"] == "segment"
         assert meta["data_config"]["dir"] == str(toy)
-    assert YOLO(str(run_dir / "checkpoints" / "best.pt")).task == "segment"  # still a plain ultralytics file
+    for name in ("best", "last"):  # tensors and plain data only: loads with weights_only=True, runs nothing
+        assert (
+            torch.serialization.get_unsafe_globals_in_checkpoint(str(run_dir / "checkpoints" / f"{name}.pt"))
+            == []
+        )
     model = load_yolo_model(run_dir / "checkpoints" / "best.pt", conf=0.0)  # untrained: keep every box
     assert model.categories == meta["categories"] and model.imgsz == 96 and model.task == "segment"
     image = read_image_tensor(toy / "images" / "toy_00007.png")[:, :77, :90]  # odd size
@@ -365,10 +370,15 @@ def test_checkpoints_carry_metadata_and_predict_masks_at_image_size(
 
 @pytest.mark.slow
 def test_local_weights_are_loaded_without_network(trained: dict[str, Any]) -> None:
-    model = build_yolo_model("ignored.yaml", weights_path=trained["weights"])
-    loaded = model.model.state_dict()
     saved = trained["source"].model.state_dict()
+    model = build_yolo_model("ignored.yaml", weights_path=trained["weights"])  # the safe format: exact
+    loaded = model.model.state_dict()
     for key, value in saved.items():
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
+    with pytest.raises(BadInputError, match="--trust-checkpoint"):  # ultralytics' pickle: only when trusted
+        build_yolo_model("ignored.yaml", weights_path=trained["pickled"])
+    loaded = build_yolo_model("ignored.yaml", weights_path=trained["pickled"], trust=True).model.state_dict()
+    for key, value in saved.items():  # ultralytics saves fp16
         if value.is_floating_point():
             torch.testing.assert_close(loaded[key].float(), value.half().float(), rtol=0, atol=0)
     assert trained["attempts"] == []

@@ -10,6 +10,7 @@ import torch
 
 from cytobench.evaluation import (
     EnumerationEvaluator,
+    LocalizationEvaluator,
     average_precision,
     box_iog,
     box_iou,
@@ -239,3 +240,11 @@ def test_crowd_annotations_are_not_counted_as_missed() -> None:
     evaluator.process([target], [pred])
     metrics = evaluator.compute()
     assert (metrics["enum/tp"], metrics["enum/fn"], metrics["enum/wcr"]) == (1, 0, 1.0)
+
+
+@pytest.mark.parametrize("make", [EnumerationEvaluator, LocalizationEvaluator])
+def test_one_score_per_detection_is_checked_at_process(make: type) -> None:
+    target = {"boxes": np.array([[0, 0, 10, 10]], float), "image_id": 7}
+    pred = {"boxes": np.array([[0, 0, 10, 10], [1, 1, 5, 5]], float), "scores": np.array([0.9])}
+    with pytest.raises(ValueError, match="image 7: 2 detections but 1 scores"):
+        make().process([target], [pred])

@@ -169,7 +169,7 @@ def test_missing_file_and_malformed_json(tmp_path: Path) -> None:
 def _results() -> list[dict[str, Any]]:
     return [
         {"image_id": 1, "category_id": 5, "bbox": [1, 1, 4, 4], "score": 0.9, "keypoints": [3, 3, 1]},
-        {"image_id": 1, "category_id": 9, "bbox": [10, 10, 2, 3], "score": 1.3},  # score > 1: accepted
+        {"image_id": 1, "category_id": 9, "bbox": [10, 10, 2, 3], "score": 0.3},
         {"image_id": 2, "category_id": 5, "bbox": [0, 0, 5, 5], "score": 0.5},
     ]
 
@@ -192,6 +192,8 @@ RESULT_CASES = [
         "result 2: category_id 6 is not in the ground truth categories",
     ),
     ("score not a number", 0, "score", "high", "result 0: score must be a number, got 'high'"),
+    ("score above 1", 1, "score", 1.3, "result 1: score must be in [0, 1], got 1.3"),
+    ("score NaN", 1, "score", float("nan"), "result 1: score must be in [0, 1], got nan"),
 ]
 
 
@@ -273,7 +275,7 @@ def test_results_to_predictions(tmp_path: Path) -> None:
     preds = results_to_predictions(results, [1, 2, 3], image_sizes={1: (30, 40), 2: (20, 20), 3: (20, 20)})
     assert [p["image_id"] for p in preds] == [1, 2, 3]
     np.testing.assert_allclose(preds[0]["boxes"], [[1, 1, 5, 5], [10, 10, 12, 13]])
-    np.testing.assert_allclose(preds[0]["scores"], [0.9, 1.3])
+    np.testing.assert_allclose(preds[0]["scores"], [0.9, 0.3])
     np.testing.assert_array_equal(preds[0]["labels"], [5, 9])
     assert preds[0]["keypoints"].shape == (2, 1, 3)
     np.testing.assert_allclose(preds[1]["boxes"][1], [2, 4, 5, 9])  # from the RLE

@@ -196,7 +196,7 @@ def test_write_report_writes_markdown_and_json_atomically(tmp_path: Path) -> Non
     assert written == [tmp_path / "out" / "table1.md", tmp_path / "out" / "table1.json"]
     assert (tmp_path / "out" / "table1.md").read_text() == "| t |\n"
     data = json.loads((tmp_path / "out" / "table1.json").read_text())
-    assert data["auc"] == 0.25 and data["n"] == 3 and math.isnan(data["undefined"])
+    assert data["auc"] == 0.25 and data["n"] == 3 and data["undefined"] is None  # standard JSON: null
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "table1.json",
         "table1.md",

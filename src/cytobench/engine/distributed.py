@@ -12,6 +12,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from cytobench.errors import CytobenchError
+
 
 def init_distributed() -> bool:
     """Join the process group if started by torchrun. Returns True when distributed."""
@@ -71,9 +73,23 @@ def cleanup_distributed() -> None:
 
 
 def local_device(requested: str = "auto") -> torch.device:
-    """The device this process trains on: ``auto`` picks this rank's GPU when there is one."""
+    """The device this process trains on: ``auto`` picks this rank's GPU when there is one.
+
+    Raises:
+        CytobenchError: an unknown device name, or a CUDA device on a machine without CUDA.
+    """
     if requested != "auto":
-        return torch.device(requested)
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            raise CytobenchError(
+                f"device {requested!r}: not a device name (auto, cpu, cuda, cuda:N)"
+            ) from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise CytobenchError(
+                f"device {requested!r}: CUDA is not available on this machine (use cpu or auto)"
+            )
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")

@@ -15,10 +15,15 @@ from torch.utils.data import DataLoader
 from cytobench.engine.distributed import is_main_process
 from cytobench.engine.inference import inference_on_dataset
 from cytobench.evaluation.base import Evaluator
-from cytobench.io.files import save_atomic, write_json_atomic
+from cytobench.io.files import remove_stale_temp_files, save_atomic, write_json_atomic
 
 if TYPE_CHECKING:
     from cytobench.engine.trainer import Trainer
+
+#: the files :class:`CheckpointHook` writes (atomically, through ``.<name>.XXXXXXXX.tmp`` beside them)
+CHECKPOINT_NAMES = ("last.pt", "best.pt")
+#: temp files beside a checkpoint being resumed are removed once untouched this long (its run may still write)
+STALE_TEMP_AGE_S = 60.0
 
 
 class Hook:
@@ -101,7 +106,12 @@ class EarlyStopping(Hook):
 
 
 class CheckpointHook(Hook):
-    """Writes ``last.pt`` every ``period`` epochs and ``best.pt`` when ``monitor`` improves (atomically)."""
+    """Writes ``last.pt`` every ``period`` epochs and ``best.pt`` when ``monitor`` improves (atomically).
+
+    A write interrupted by a kill leaves the previous file intact and a temp file beside it
+    (``.last.pt.XXXXXXXX.tmp``); those of this folder are removed when training starts and after each
+    save (:func:`cytobench.io.files.remove_stale_temp_files`), so none outlives the next run or save.
+    """
 
     def __init__(self, directory: str | Path, period: int = 1, monitor: str | None = None, mode: str = "max"):
         self.directory = Path(directory)
@@ -117,6 +127,14 @@ class CheckpointHook(Hook):
     @property
     def best_path(self) -> Path:
         return self.directory / "best.pt"
+
+    def before_train(self, trainer: Trainer) -> None:
+        if is_main_process():
+            self.remove_stale_temp_files()
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Remove temp files of interrupted checkpoint writes in :attr:`directory`; returns them."""
+        return remove_stale_temp_files(self.directory, CHECKPOINT_NAMES)
 
     def after_epoch(self, trainer: Trainer) -> None:
         improved = False
@@ -136,6 +154,7 @@ class CheckpointHook(Hook):
         save_atomic(state, self.last_path)
         if improved:
             save_atomic(state, self.best_path)
+        self.remove_stale_temp_files()
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch}

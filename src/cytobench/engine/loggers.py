@@ -1,16 +1,75 @@
-"""Experiment loggers behind one small interface: W&B (offline by default), CSV, or none."""
+"""Experiment loggers behind one small interface: W&B (offline by default), CSV, or none; and the pieces
+of Python logging that put a run's messages in its ``train.log`` (``conf/hydra/job_logging/cytobench.yaml``).
+
+cytobench's own messages go through the ``cytobench`` logger: the console shows them as plain lines
+(INFO on stdout, notes and errors on stderr), exactly as ``print`` would; ``train.log`` gets them with
+times, plus records marked :data:`FILE_ONLY` (per-step and per-epoch progress, tracebacks) that the
+console leaves out.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from cytobench.errors import CytobenchError
+
+# ``extra=FILE_ONLY`` marks a log record for train.log only (the console filters leave it out).
+FILE_ONLY: dict[str, Any] = {"console": False}
+
+
+class ConsoleFilter(logging.Filter):
+    """Passes records meant for the console: not marked :data:`FILE_ONLY`, at or below ``max_level``.
+
+    Args:
+        max_level: the highest level passed (name or number), e.g. ``INFO`` for the stdout handler, so
+            that notes and errors (WARNING and above) go to stderr only; None: no upper bound.
+    """
+
+    def __init__(self, max_level: str | int | None = None) -> None:
+        super().__init__()
+        level = logging.getLevelName(max_level) if isinstance(max_level, str) else max_level
+        self.max_level = level if isinstance(level, int) else None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "console", True) is False:
+            return False
+        return self.max_level is None or record.levelno <= self.max_level
+
+
+class PlainFormatter(logging.Formatter):
+    """The message alone, never a traceback: what ``print(message)`` shows."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return record.getMessage()
+
+
+def ensure_console_logging(name: str = "cytobench") -> None:
+    """Show the ``name`` logger's messages on the console when nothing configured logging.
+
+    ``python train.py`` configures logging through Hydra (console + ``train.log``); a run started
+    in-process without any handler (a notebook calling :func:`cytobench.train.run`) would otherwise
+    lose its INFO messages, so it gets the same plain stdout / stderr handlers.
+    """
+    logger = logging.getLogger(name)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    if logger.hasHandlers():
+        return
+    for stream, filt in ((sys.stdout, ConsoleFilter("INFO")), (sys.stderr, ConsoleFilter())):
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(PlainFormatter())
+        handler.addFilter(filt)
+        if stream is sys.stderr:
+            handler.setLevel(logging.WARNING)
+        logger.addHandler(handler)
 
 
 class Logger:

@@ -22,30 +22,51 @@ from cytobench.engine.distributed import local_device
 from cytobench.engine.inference import inference_on_dataset
 from cytobench.errors import BadInputError
 from cytobench.evaluation.base import Evaluator
-from cytobench.io.checkpoint import load_checkpoint
+from cytobench.io.checkpoint import UnsafeCheckpointError, load_checkpoint
 from cytobench.io.coco_convert import image_size, prediction_to_coco, to_numpy
+from cytobench.models.yolo import is_yolo_checkpoint
 
 __all__ = ["CocoResultsWriter", "load_model_from_checkpoint", "predict_images"]
 
 
 def load_model_from_checkpoint(
-    path: str | Path, device: torch.device | str = "cpu"
+    path: str | Path, device: torch.device | str = "cpu", trust: bool = False
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model a training run saved (its config travels inside the checkpoint).
+
+    The file is read as weights only (:func:`cytobench.io.checkpoint.load_checkpoint`): a torch run's
+    checkpoint or a YOLO run's (its ``"format"`` marker says which; ultralytics is imported only then).
+    A pickled ultralytics ``.pt`` is loaded only with ``trust``.
+
+    Args:
+        path: ``run_dir/checkpoints/best.pt`` or ``last.pt``.
+        device: where the model goes.
+        trust: load a pickled ultralytics ``.pt`` (``--trust-checkpoint``): unpickling runs whatever code
+            the file names, so only for files whose source you trust.
 
     Returns:
         ``(eval-mode model on device, info)``; ``info`` holds at least ``label_to_cat_id``, ``categories``,
         ``model_config`` and ``data_config`` (a torch checkpoint's whole content, a YOLO run's metadata).
+
+    Raises:
+        UnsafeCheckpointError: the file names Python objects beyond tensors and plain data (and is not a
+            trusted ultralytics checkpoint); nothing of it ran.
+        BadInputError: missing, unreadable or not a training checkpoint.
     """
     device = torch.device(device)
-    if _pickle_mentions(path, b"ultralytics"):  # a YOLO run's weights (ultralytics imported only then)
+    try:
+        ckpt: dict[str, Any] | None = load_checkpoint(path, map_location="cpu")
+    except UnsafeCheckpointError as err:
+        if not (trust and err.is_ultralytics):
+            raise
+        ckpt = None  # a pickled ultralytics checkpoint the user trusts: ultralytics loads it
+    if ckpt is None or is_yolo_checkpoint(ckpt):
         from cytobench.models.yolo import load_yolo_model
 
-        model = load_yolo_model(path, device=str(device))
+        model = load_yolo_model(path, device=str(device), trust=trust)
         info = {**model.metadata, "label_to_cat_id": model.label_to_cat_id, "categories": model.categories}
         return model.eval(), info
-    ckpt = load_checkpoint(path, map_location=device)
-    if "model_config" not in ckpt or "model" not in ckpt:
+    if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
         raise BadInputError(path, "not a cytobench training checkpoint (no model_config)")
     model = instantiate(ckpt["model_config"], num_classes=ckpt["num_classes"])
     model.load_state_dict(ckpt["model"])
@@ -100,6 +121,7 @@ def predict_images(
     tile: int | None = None,
     tile_overlap: int | None = None,
     scale: float = 1.0,
+    trust: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Predict on ``images``; returns (COCO results, COCO dataset dict listing the images and categories).
 
@@ -115,11 +137,12 @@ def predict_images(
         tile_overlap: overlap of neighbouring windows (default ``tile // 4``).
         scale: resize factor applied before inference, e.g. training pixel size / these images' pixel
             size (results are in the images' own pixels).
+        trust: load a pickled ultralytics ``.pt`` (see :func:`load_model_from_checkpoint`).
     """
     from cytobench.engine.tiling import TiledPredictor, training_image_size
 
     dev = local_device(device)
-    model, info = load_model_from_checkpoint(checkpoint, dev)
+    model, info = load_model_from_checkpoint(checkpoint, dev, trust=trust)
     window = training_image_size(info.get("data_config")) if tile is None else int(tile)
     try:
         tiler = TiledPredictor(model, window, tile_overlap, scale)
@@ -130,15 +153,3 @@ def predict_images(
     writer = CocoResultsWriter(info["label_to_cat_id"], info["categories"])
     inference_on_dataset(model, loader, writer, dev, predict=tiler)
     return writer.results, writer.dataset()
-
-
-def _pickle_mentions(checkpoint: str | Path, name: bytes) -> bool:
-    """Whether the pickle inside a torch zip checkpoint refers to ``name`` (read as bytes, nothing executed)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(checkpoint) as archive:
-            pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
-            return any(name in archive.read(n) for n in pickles)
-    except (OSError, zipfile.BadZipFile):
-        return False  # not a zip: load_checkpoint reports it

@@ -13,13 +13,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from cytobench.engine.checkpoint import capture_rng_state, restore_rng_state
+from cytobench.engine.checkpoint import capture_rng_state, plain_data, restore_rng_state
 from cytobench.engine.distributed import get_world_size, is_distributed, is_main_process
-from cytobench.engine.hooks import Hook
+from cytobench.engine.hooks import CHECKPOINT_NAMES, STALE_TEMP_AGE_S, Hook
 from cytobench.engine.inference import to_device
 from cytobench.engine.loggers import Logger
-from cytobench.errors import TrainingDiverged
+from cytobench.errors import BadInputError, TrainingDiverged
 from cytobench.io.checkpoint import load_checkpoint
+from cytobench.io.files import remove_stale_temp_files
 
 
 class Trainer:
@@ -39,7 +40,7 @@ class Trainer:
         clip_grad_norm: max global L2 norm of gradients, or None.
         amp: mixed precision, used only on CUDA.
         checkpoint_hint: where the last good checkpoint lives (named when training diverges).
-        extra_state: saved as-is in every checkpoint (e.g. the model config and category map that
+        extra_state: saved in every checkpoint as plain data (e.g. the model config and category map that
             ``cytobench predict`` needs to rebuild the model).
     """
 
@@ -211,20 +212,23 @@ class Trainer:
 
     # ---------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
+        """Everything :meth:`resume` needs, as tensors and plain data (``torch.load(weights_only=True)`` reads it)."""
         return {
             "model": self.unwrapped_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "scheduler": plain_data(self.scheduler.state_dict()),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
-            "latest_metrics": self.latest_metrics,
+            "latest_metrics": plain_data(self.latest_metrics),
             "metrics_epoch": self.metrics_epoch,
-            "history": self.history,
+            "history": plain_data(self.history),
             "stop_reason": self.stop_reason,
-            "hooks": {f"{i}:{type(h).__name__}": h.state_dict() for i, h in enumerate(self.hooks)},
+            "hooks": plain_data(
+                {f"{i}:{type(h).__name__}": h.state_dict() for i, h in enumerate(self.hooks)}
+            ),
             "rng": capture_rng_state(),
-            **self.extra_state,
+            **plain_data(self.extra_state),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -243,7 +247,24 @@ class Trainer:
         restore_rng_state(state["rng"])
 
     def resume(self, path: str | Path) -> None:
-        """Continue exactly where the checkpoint at ``path`` left off (weights, optimizer, RNG, hooks)."""
-        self.load_state_dict(load_checkpoint(path, map_location=self.device))
-        if is_main_process():
+        """Continue exactly where the checkpoint at ``path`` left off (weights, optimizer, RNG, hooks).
+
+        The file is read as weights only (:func:`cytobench.io.checkpoint.load_checkpoint`: nothing in it is
+        run). Temp files that an interrupted write left beside it (``.last.pt.XXXXXXXX.tmp``) are removed
+        once untouched for ``STALE_TEMP_AGE_S`` (a run still writing there keeps its own).
+
+        Raises:
+            BadInputError: unreadable, refused (it names Python objects beyond plain data) or not a
+                checkpoint of this trainer.
+        """
+        state = load_checkpoint(path, map_location=self.device)
+        keys = ("model", "optimizer", "scheduler", "rng", "hooks")
+        missing = [key for key in keys if key not in state] if isinstance(state, dict) else list(keys)
+        if missing:
+            raise BadInputError(
+                path, f"not a checkpoint of the shared trainer ({', '.join(missing)} missing)"
+            )
+        self.load_state_dict(state)
+        if is_main_process():  # the interrupted run is over (this one continues it): its orphans can go
+            remove_stale_temp_files(Path(path).parent, CHECKPOINT_NAMES, min_age_s=STALE_TEMP_AGE_S)
             print(f"resumed from {path} at epoch {self.epoch} (step {self.step})")

@@ -10,8 +10,9 @@
 2. ``ultralytics.YOLO(model.arch or model.weights_path).train(**model.train_args)`` with the project in
    ``run_dir/ultralytics``; a callback sends each epoch's losses, ultralytics' val metrics (``yolo/...``)
    and learning rate to the cytobench logger (CSV / W&B) and keeps ``metrics.json`` current;
-3. ``run_dir/checkpoints/best.pt`` and ``last.pt``: the ultralytics weights with cytobench metadata (see
-   :mod:`cytobench.models.yolo`); ultralytics picks best.pt by its fitness (box + mask mAP50-95 on val);
+3. ``run_dir/checkpoints/best.pt`` and ``last.pt``: the ultralytics weights with cytobench metadata, in
+   the safe format that loads with ``torch.load(weights_only=True)`` (see :mod:`cytobench.models.yolo`);
+   ultralytics picks best.pt by its fitness (box + mask mAP50-95 on val);
 4. best.pt, loaded as a :class:`~cytobench.models.yolo.YoloModel`, predicts the val split through the same
    streaming loop as every model and the configured evaluator scores it (``coco/segm_AP``, ...); the
    final ``latest`` metrics hold these beside ultralytics' own validation of best.pt (``yolo/mask_mAP50``...).
@@ -128,6 +129,7 @@ def _make_yolo_readable(folder: Path) -> None:
     from PIL import Image
 
     from cytobench.io.images import read_image, write_image
+    from cytobench.io.intensity import DEFAULT_RANGE_PERCENTILE
 
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         if path.suffix.lower() in YOLO_READABLE:
@@ -140,7 +142,7 @@ def _make_yolo_readable(folder: Path) -> None:
         png = path.with_suffix(".png")
         if png != path and png.exists():
             raise BadInputError(path, f"{png.name} also exists; cannot convert to an 8-bit PNG for YOLO")
-        data = read_image(path)
+        data = read_image(path, range_percentile=DEFAULT_RANGE_PERCENTILE)  # as fish analyze scales it
         path.unlink()
         write_image(png, to_uint8_rgb(data.array))
 
@@ -292,7 +294,9 @@ def train_yolo(
     data_yaml, categories = export_yolo_dataset(splits, run_dir / "yolo_data", extra, task=model.task)
 
     recorder = EpochRecorder(logger, run_dir / "metrics.json", run_dir)
-    yolo = build_yolo_model(settings["arch"], settings.get("weights_path"))
+    yolo = build_yolo_model(
+        settings["arch"], settings.get("weights_path"), trust=bool(settings.get("trust_weights"))
+    )
     if getattr(yolo, "task", model.task) != model.task:
         raise BadInputError(
             "model.arch", f"is an ultralytics {yolo.task} model but model.task is {model.task}"
@@ -318,7 +322,7 @@ def train_yolo(
         if Path(source).is_file():
             epoch = recorder.best_epoch if name == "best" else recorder.epoch
             save_yolo_checkpoint(source, ckpt_dir / f"{name}.pt", {**metadata, "epoch": epoch})
-    shutil.rmtree(Path(trainer.wdir), ignore_errors=True)  # stripped copies of the files above
+    shutil.rmtree(Path(trainer.wdir), ignore_errors=True)  # ultralytics' pickled copies of the files above
 
     best = ckpt_dir / "best.pt" if (ckpt_dir / "best.pt").is_file() else ckpt_dir / "last.pt"
     # wall and process-CPU seconds of data, export, training and checkpoints, then of the scoring

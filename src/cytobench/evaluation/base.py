@@ -17,7 +17,7 @@ import numpy as np
 from cytobench.io.coco_convert import to_numpy
 from cytobench.types import Prediction, Target
 
-__all__ = ["Evaluator", "EvaluatorList", "non_crowd", "to_numpy"]
+__all__ = ["Evaluator", "EvaluatorList", "check_one_score_each", "non_crowd", "to_numpy"]
 
 
 def non_crowd(target: Target) -> np.ndarray:
@@ -26,6 +26,17 @@ def non_crowd(target: Target) -> np.ndarray:
     if target.get("iscrowd") is None:
         return np.ones(n, dtype=bool)
     return to_numpy(target["iscrowd"]).reshape(-1) == 0
+
+
+def check_one_score_each(target: Target, n_detections: int, n_scores: int) -> None:
+    """A prediction has one score per detection.
+
+    Raises:
+        ValueError: the counts differ (names the image), instead of a shape error deep in the metrics.
+    """
+    if n_detections != n_scores:
+        image = target.get("image_id")
+        raise ValueError(f"prediction of image {image}: {n_detections} detections but {n_scores} scores")
 
 
 class Evaluator(ABC):

@@ -36,12 +36,17 @@ def prepare_gt(gt: Mapping[str, Any], iou_type: str, copy: bool = True) -> dict[
     missing ``area`` the segmentation area (else the box area), missing ``num_keypoints`` the
     number of visible keypoints.
     """
-    if not isinstance(gt, Mapping) or "images" not in gt:
+    if not isinstance(gt, Mapping) or not isinstance(gt.get("images"), Sequence):
         raise BadInputError("ground truth", "not a COCO dataset dict (no 'images' list)")
+    for i, img in enumerate(gt["images"]):
+        if not isinstance(img, Mapping) or "id" not in img:
+            raise BadInputError("ground truth", "is not a dict with an 'id'", f"image #{i}")
     sizes = {img["id"]: (img.get("height", 0), img.get("width", 0)) for img in gt["images"]}
     need = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}[iou_type]
     anns = []
     for i, src in enumerate(gt.get("annotations", [])):
+        if not isinstance(src, Mapping):
+            raise BadInputError("ground truth", "is not a dict", f"annotation #{i}")
         ann = dict(src) if copy else src
         if ann.get("image_id") not in sizes:
             raise BadInputError(

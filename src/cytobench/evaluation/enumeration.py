@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cytobench.evaluation.base import Evaluator, non_crowd, to_numpy
+from cytobench.evaluation.base import Evaluator, check_one_score_each, non_crowd, to_numpy
 from cytobench.evaluation.boxes import box_iog, box_iou
 from cytobench.evaluation.curves import average_precision, log_average_miss_rate, miss_rate_fppi, pr_curve
 from cytobench.types import Prediction, Target
@@ -241,9 +241,12 @@ class EnumerationEvaluator(Evaluator):
 
     def process_image(self, target: Target, pred: Prediction) -> None:
         boxes = to_numpy(target["boxes"]).astype(np.float64).reshape(-1, 4)
+        dets = to_numpy(pred["boxes"]).astype(np.float64).reshape(-1, 4)
+        scores = to_numpy(pred["scores"]).astype(np.float64).ravel()
+        check_one_score_each(target, len(dets), len(scores))
         self._gt.append(boxes[non_crowd(target)])
-        self._det.append(to_numpy(pred["boxes"]).astype(np.float64).reshape(-1, 4))
-        self._scores.append(to_numpy(pred["scores"]).astype(np.float64).ravel())
+        self._det.append(dets)
+        self._scores.append(scores)
 
     def compute(self) -> dict[str, float]:
         metrics = enumeration_metrics(

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cytobench.evaluation.base import Evaluator, non_crowd, to_numpy
+from cytobench.evaluation.base import Evaluator, check_one_score_each, non_crowd, to_numpy
 from cytobench.evaluation.curves import average_precision, pr_curve
 from cytobench.types import Prediction, Target
 
@@ -160,9 +160,12 @@ class LocalizationEvaluator(Evaluator):
         self._scores: list[np.ndarray] = []
 
     def process_image(self, target: Target, pred: Prediction) -> None:
+        dets = _keypoint_positions(pred, self.keypoint_index, visible_only=False)
+        scores = to_numpy(pred["scores"]).astype(np.float64).ravel()
+        check_one_score_each(target, len(dets), len(scores))
         self._gt.append(_keypoint_positions(target, self.keypoint_index, visible_only=True))
-        self._det.append(_keypoint_positions(pred, self.keypoint_index, visible_only=False))
-        self._scores.append(to_numpy(pred["scores"]).astype(np.float64).ravel())
+        self._det.append(dets)
+        self._scores.append(scores)
 
     def pr_curves(self) -> dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """``{eps: (recall, precision, thresholds)}`` over everything processed, for plotting."""

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cytobench.errors import CytobenchError
+from cytobench.fish import DEFAULT_NUCLEUS_DIAMETER_UM, RANGE_PERCENTILE
 
 __all__ = ["add_analyze_arguments", "find_fish_images", "run_analyze"]
 
@@ -38,11 +40,30 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", help="YOLOv8-seg checkpoint of a fish_* run (needed by --segmenter yolo)"
     )
+    from cytobench.cli import TRUST_CHECKPOINT_HELP
+
+    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
     parser.add_argument("--segmenter", choices=("yolo", "otsu"), default="yolo", help="nucleus segmenter")
     parser.add_argument("--sample", help="sample name of every image (default: each image's folder name)")
     parser.add_argument(
         "--channels",
-        help="channel indices, e.g. red=0,green=1,dapi=2 (default: file channel names, else RGB)",
+        help="channel indices, e.g. red=0,green=1,dapi=2, or dapi=0 for nuclei only (default: file channel "
+        "names, else RGB; a 1-channel image is DAPI only)",
+    )
+    parser.add_argument(
+        "--pixel-size",
+        type=float,
+        metavar="UM",
+        help="pixel size in um/px of every image, overriding the files' (TIFF / ImageJ / OME / CZI metadata); "
+        "otsu: sizes are physical when a pixel size is known, else measured per image",
+    )
+    parser.add_argument(
+        "--range-percentile",
+        type=float,
+        default=RANGE_PERCENTILE,
+        metavar="Q",
+        help="data wider than 8 bits are scaled by the bit depth holding each channel's Q-th percentile, so "
+        f"a few hot pixels cannot set the range (default {RANGE_PERCENTILE}; 100: the maximum)",
     )
     parser.add_argument("--confusion", help="confusion-matrix json for the corrected mosaicism estimate")
     parser.add_argument(
@@ -60,7 +81,19 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
-        "--nucleus-diameter", type=float, help="otsu: nucleus diameter in px (default: measured)"
+        "--nucleus-diameter",
+        type=float,
+        metavar="PX",
+        help="otsu: nucleus diameter in px, overriding --nucleus-diameter-um (default: from the pixel size, "
+        "else measured per image)",
+    )
+    parser.add_argument(
+        "--nucleus-diameter-um",
+        type=float,
+        default=DEFAULT_NUCLEUS_DIAMETER_UM,
+        metavar="UM",
+        help="otsu: typical whole-nucleus diameter in um, used with the pixel size (default "
+        f"{DEFAULT_NUCLEUS_DIAMETER_UM:g}); whole nuclei cover 0.5 to 4 times its disc",
     )
     parser.add_argument("--spot-method", choices=("paper", "log"), default="paper", help="signal detector")
     parser.add_argument(
@@ -123,6 +156,16 @@ def _check_options(args: argparse.Namespace) -> None:
         math.isfinite(args.nucleus_diameter) and args.nucleus_diameter > 0
     ):
         raise CytobenchError(f"fish analyze: --nucleus-diameter must be > 0 px, got {args.nucleus_diameter}")
+    for flag, value in (
+        ("--pixel-size", args.pixel_size),
+        ("--nucleus-diameter-um", args.nucleus_diameter_um),
+    ):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise CytobenchError(f"fish analyze: {flag} must be > 0 um, got {value}")
+    if not (math.isfinite(args.range_percentile) and 50 < args.range_percentile <= 100):
+        raise CytobenchError(
+            f"fish analyze: --range-percentile must be in (50, 100], got {args.range_percentile}"
+        )
     if not (math.isfinite(args.threshold) and args.threshold >= 0):
         raise CytobenchError(f"fish analyze: --threshold must be >= 0 (8-bit scale), got {args.threshold}")
     if not 0.0 <= args.conf <= 1.0:
@@ -166,42 +209,58 @@ def run_analyze(
         device=args.device,
         nucleus_diameter_px=args.nucleus_diameter,
         tile=args.tile,
+        nucleus_diameter_um=args.nucleus_diameter_um,
+        trust=args.trust_checkpoint,
     )
     out = Path(args.out)
-    confusion = ConfusionMatrix.load(args.confusion) if args.confusion else None
-    if args.calibrate:
-        from cytobench.fish.calibrate import calibrate_confusion
+    created = next((p for p in [*reversed(out.parents), out] if not p.exists()), None)
+    try:
+        confusion = ConfusionMatrix.load(args.confusion) if args.confusion else None
+        if args.calibrate:
+            from cytobench.fish.calibrate import calibrate_confusion
 
-        print(f"calibrating: simulating {args.calibrate} images with known truth", file=sys.stderr)
-        confusion = calibrate_confusion(
-            out / "calibration", args.calibrate, segmenter=segmenter, spot_params=params
+            print(f"calibrating: simulating {args.calibrate} images with known truth", file=sys.stderr)
+            confusion = calibrate_confusion(
+                out / "calibration", args.calibrate, segmenter=segmenter, spot_params=params
+            )
+            confusion.save(out / "confusion.json")
+
+        def progress(paths: Sequence[Path]) -> Sequence[Path]:
+            return tqdm(paths, desc="fish analyze", unit="img", disable=len(paths) < 2, file=sys.stderr)
+
+        result = analyze_images(
+            images,
+            out,
+            segmenter,
+            spot_params=params,
+            channels=channels,
+            sample=args.sample,
+            folder_samples=folder_samples,
+            confusion=confusion,
+            overlays=not args.no_overlays,
+            method=args.interval,
+            n_boot=args.n_boot,
+            seed=args.seed,
+            progress=progress,
+            pixel_size_um=args.pixel_size,
+            range_percentile=args.range_percentile,
         )
-        confusion.save(out / "confusion.json")
-
-    def progress(paths: Sequence[Path]) -> Sequence[Path]:
-        return tqdm(paths, desc="fish analyze", unit="img", disable=len(paths) < 2, file=sys.stderr)
-
-    result = analyze_images(
-        images,
-        out,
-        segmenter,
-        spot_params=params,
-        channels=channels,
-        sample=args.sample,
-        folder_samples=folder_samples,
-        confusion=confusion,
-        overlays=not args.no_overlays,
-        method=args.interval,
-        n_boot=args.n_boot,
-        seed=args.seed,
-        progress=progress,
-    )
+    except CytobenchError:
+        if created is not None:  # bad input leaves nothing behind: remove the folders this run made
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     timing = result.report["timing"]
     for name, entry in result.report["samples"].items():
         if entry["n_whole"] == 0:
             print(
                 f"{name}: no whole nuclei in {entry['n_images']} images "
                 f"({entry['n_destroyed']} destroyed); no mosaicism level can be estimated"
+            )
+            continue
+        if entry["n_counted"] == 0:
+            print(
+                f"{name}: {entry['n_whole']} whole nuclei ({entry['n_destroyed']} destroyed) in "
+                f"{entry['n_images']} images; nuclei only (no probe channels): no signals counted, no mosaicism level"
             )
             continue
         est = entry["mosaicism"].get("corrected", entry["mosaicism"]["plain"])

@@ -34,10 +34,11 @@ def stretch_rgb(image: FishImage) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB display: each channel from its 1st percentile (background) to a high percentile.
 
     The probe channels use their 99.95th percentile (at least 0.3 above background, so that an image with few
-    signals does not blow up its haze), DAPI its 99.5th.
+    signals does not blow up its haze), DAPI its 99.5th; absent probe channels (nuclei-only images) are black.
     """
     planes = []
-    for plane, q, floor in ((image.red, 99.95, 0.3), (image.green, 99.95, 0.3), (image.dapi, 99.5, 0.05)):
+    rgb = ((image.plane("red"), 99.95, 0.3), (image.plane("green"), 99.95, 0.3), (image.dapi, 99.5, 0.05))
+    for plane, q, floor in rgb:
         lo, top = np.percentile(plane, [1.0, q]) if plane.size else (0.0, 1.0)
         span = max(float(top) - float(lo), floor)
         planes.append(np.clip((plane - lo) / span, 0.0, 1.0))

@@ -1,4 +1,8 @@
-"""Per-sample mosaicism report of ``fish analyze``: json dict and a markdown rendering."""
+"""Per-sample mosaicism report of ``fish analyze``: json dict and a markdown rendering.
+
+Whole nuclei without signal counts (from images without probe channels) are counted in ``n_whole`` but not
+in the patterns or mosaicism levels; ``n_counted`` is the number that are.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ def build_report(
 
     Args:
         rows: one dict per nucleus with at least ``sample``, ``category`` ("whole" / "destroyed"),
-            ``n_red`` and ``n_green`` (None for destroyed nuclei).
+            ``n_red`` and ``n_green`` (None for destroyed nuclei and for nuclei of images without probes).
         timing: seconds spent per stage (``io``, ``segmentation``, ``spots``, ``output``).
         n_images: images per sample.
         settings: what produced the numbers (segmenter, channel rule, detector parameters), copied in.
@@ -53,12 +57,14 @@ def build_report(
     for name in sorted({str(r["sample"]) for r in rows} | set(n_images)):
         mine = [r for r in rows if str(r["sample"]) == name]
         whole = [r for r in mine if r["category"] == "whole"]
-        red = np.array([int(r["n_red"]) for r in whole], np.int64)
-        green = np.array([int(r["n_green"]) for r in whole], np.int64)
+        counted = [r for r in whole if r["n_red"] is not None and r["n_green"] is not None]
+        red = np.array([int(r["n_red"]) for r in counted], np.int64)
+        green = np.array([int(r["n_green"]) for r in counted], np.int64)
         plain = estimate_mosaicism(red, green, confidence=confidence, method=method)
         entry: dict[str, Any] = {
             "n_images": int(n_images.get(name, 0)),
             "n_whole": len(whole),
+            "n_counted": len(counted),
             "n_destroyed": len(mine) - len(whole),
             "patterns": [
                 {**vars(p), "pattern": p.name} for p in pattern_fractions(red, green, confidence, method)
@@ -73,7 +79,7 @@ def build_report(
                 confidence=confidence,
                 n_boot=n_boot,
                 seed=seed,
-                groups=[r["image"] for r in whole],
+                groups=[r["image"] for r in counted],
             )
             entry["mosaicism"]["corrected"] = corrected.to_json()
         entry["patterns_shown"] = max_patterns
@@ -98,9 +104,26 @@ def _interval(level: Mapping[str, Any]) -> str:
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
-    """Markdown: per sample the pattern table and the mosaicism levels; then the timing split."""
+    """Markdown: the run's warnings, per sample the pattern table and the mosaicism levels; then the timing
+    split and the settings."""
     lines = ["# FISH mosaicism report", ""]
+    warnings = report.get("warnings") or []
+    if warnings:
+        lines += ["## Warnings", ""] + [f"- {w.removeprefix('fish analyze: ')}" for w in warnings] + [""]
     for name, entry in report["samples"].items():
+        uncounted = entry["n_whole"] - entry.get("n_counted", entry["n_whole"])
+        if entry["n_whole"] and uncounted == entry["n_whole"]:
+            lines += [
+                f"## Sample `{name}`",
+                "",
+                f"{entry['n_images']} images, {entry['n_whole']} whole nuclei, {entry['n_destroyed']} destroyed "
+                "nuclei.",
+                "",
+                "Nuclei only: the images have no probe channels, so no signals were counted and no signal "
+                "pattern or mosaicism level can be estimated.",
+                "",
+            ]
+            continue
         lines += [
             f"## Sample `{name}`",
             "",
@@ -114,6 +137,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 "",
             ]
             continue
+        if uncounted:
+            lines += [
+                f"{uncounted} of the whole nuclei come from images without probe channels: they are not in the "
+                f"patterns and levels below ({entry['n_counted']} nuclei are).",
+                "",
+            ]
         patterns = entry["patterns"][: entry.get("patterns_shown", 12)]
         if patterns:
             rows = [

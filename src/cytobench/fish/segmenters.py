@@ -10,16 +10,18 @@ images' size from the checkpoint's data config, else 512, the paper's usual size
 the checkpoint's ``imgsz`` as in training, and a nucleus is kept from the window whose *core* (the window
 minus half of each overlap with a neighbour) holds its mask centroid, so a nucleus cut by one window's edge
 is taken whole from its neighbour and never twice. Masks are pasted back at full resolution. Images up to
-1.5 tiles go whole (letterboxed). The Otsu segmenter always runs on the whole image at full resolution,
-with sizes derived from the nucleus diameter (measured per image unless given). Spot detection always uses
+1.5 tiles go whole (letterboxed). YOLO takes the (red, green, DAPI) planes as float RGB (zeros for the probes
+of a nuclei-only image) and quantises them to 8 bits as its training images are. The Otsu segmenter always
+runs on the whole image at full resolution, with sizes derived from the nucleus diameter (in micrometres
+through the pixel size, else measured per image; :mod:`cytobench.fish.otsu`). Spot detection always uses
 the full-resolution planes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -45,11 +47,15 @@ class Nuclei:
         masks: ``(N, H, W)`` bool, full resolution (masks may overlap).
         labels: ``(N,)`` int64, 1 = whole, 2 = destroyed.
         scores: ``(N,)`` float32 confidence (YOLO) or solidity (Otsu).
+        notes: what the segmenter measured on the way (the Otsu segmenter: nucleus diameter used and its
+            source, foreground area rejected as too small / too large; see
+            :meth:`cytobench.fish.otsu.OtsuSegmenter.segment`); empty when it records nothing.
     """
 
     masks: np.ndarray
     labels: np.ndarray
     scores: np.ndarray
+    notes: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, shape: tuple[int, int]) -> Nuclei:
@@ -72,6 +78,8 @@ class YoloSegmenterAdapter:
         iou: NMS IoU threshold.
         device: ``"cpu"``, ``"cuda"``, ...
         tile: window size for large images; None: the training image size (or 512); 0: never tile.
+        trust: load a pickled ultralytics ``.pt`` (``--trust-checkpoint``; see
+            :func:`cytobench.models.yolo.build_yolo_model`).
 
     Raises:
         BadInputError: the checkpoint is missing or its categories are not ``whole`` / ``destroyed``.
@@ -87,13 +95,14 @@ class YoloSegmenterAdapter:
         iou: float = 0.7,
         device: str = "cpu",
         tile: int | None = None,
+        trust: bool = False,
     ) -> None:
         from cytobench.models.yolo import load_yolo_model
 
         path = Path(checkpoint)
         if not path.is_file():
             raise BadInputError(path, "checkpoint not found")
-        self.model = load_yolo_model(path, device=device, imgsz=imgsz, conf=conf, iou=iou).eval()
+        self.model = load_yolo_model(path, device=device, trust=trust, imgsz=imgsz, conf=conf, iou=iou).eval()
         if self.model.task != "segment":
             raise BadInputError(
                 path, f"a YOLO {self.model.task} model; fish analyze needs a segmentation model"
@@ -108,7 +117,7 @@ class YoloSegmenterAdapter:
 
     def segment(self, image: FishImage) -> Nuclei:
         """Nuclei of one image; images over 1.5 windows are predicted in windows of ``tile`` px."""
-        rgb = torch.from_numpy(np.ascontiguousarray(image.rgb8())).permute(2, 0, 1).float() / 255.0
+        rgb = torch.from_numpy(np.ascontiguousarray(image.rgb())).permute(2, 0, 1)
         with torch.no_grad():
             pred = TiledPredictor(self.model, max(self.tile, 0), max(self.tile, 0) // 4).predict_one(rgb)
         pred = {k: v.cpu().numpy() for k, v in pred.items()}
@@ -131,16 +140,25 @@ def build_segmenter(
     device: str = "cpu",
     nucleus_diameter_px: float | None = None,
     tile: int | None = None,
+    nucleus_diameter_um: float | None = None,
+    trust: bool = False,
 ) -> Segmenter:
-    """Segmenter by name: ``"yolo"`` (needs ``checkpoint``) or ``"otsu"``."""
-    if kind == "otsu":
-        from cytobench.fish.otsu import OtsuSegmenter
+    """Segmenter by name: ``"yolo"`` (needs ``checkpoint``) or ``"otsu"``.
 
-        return OtsuSegmenter(nucleus_diameter_px=nucleus_diameter_px)
+    ``nucleus_diameter_px`` / ``nucleus_diameter_um`` set the Otsu segmenter's nucleus size (None: its
+    defaults, :class:`cytobench.fish.otsu.OtsuSegmenter`).
+    """
+    if kind == "otsu":
+        from cytobench.fish.otsu import DEFAULT_NUCLEUS_DIAMETER_UM, OtsuSegmenter
+
+        return OtsuSegmenter(
+            nucleus_diameter_px=nucleus_diameter_px,
+            nucleus_diameter_um=nucleus_diameter_um or DEFAULT_NUCLEUS_DIAMETER_UM,
+        )
     if kind == "yolo":
         if checkpoint is None:
             raise CytobenchError(
                 "fish analyze: --segmenter yolo needs --checkpoint CKPT (or use --segmenter otsu)"
             )
-        return YoloSegmenterAdapter(checkpoint, imgsz=imgsz, conf=conf, device=device, tile=tile)
+        return YoloSegmenterAdapter(checkpoint, imgsz=imgsz, conf=conf, device=device, tile=tile, trust=trust)
     raise ValueError(f"unknown segmenter {kind!r} (yolo, otsu)")

@@ -52,17 +52,23 @@ def load_coco(path: str | Path, *, tolerance: float = BOX_TOLERANCE) -> dict[str
         if not isinstance(data[key], list):
             raise CorruptAnnotation(path, f"'{key}' must be a list, got {type(data[key]).__name__}")
     categories = _index_items(path, data["categories"], "category", ("id", "name"))
+    for cat in categories.values():
+        if cat.get("keypoints") is not None and not isinstance(cat["keypoints"], list):
+            raise CorruptAnnotation(path, "'keypoints' must be a list of names", f"category {cat['id']}")
     images = _index_items(path, data["images"], "image", ("id", "file_name", "width", "height"))
+    for image in images.values():
+        _check_image(path, image)
     _index_items(path, data["annotations"], "annotation", ("id", "image_id", "category_id", "bbox"))
     for ann in data["annotations"]:
         item = f"annotation {ann['id']}"
-        image = images.get(ann["image_id"])
+        image = images.get(ann["image_id"]) if _is_id(ann["image_id"]) else None
         if image is None:
-            raise CorruptAnnotation(path, f"image_id {ann['image_id']} is not in images", item)
-        category = categories.get(ann["category_id"])
+            raise CorruptAnnotation(path, f"image_id {ann['image_id']!r} is not in images", item)
+        category = categories.get(ann["category_id"]) if _is_id(ann["category_id"]) else None
         if category is None:
-            raise CorruptAnnotation(path, f"category_id {ann['category_id']} is not in categories", item)
+            raise CorruptAnnotation(path, f"category_id {ann['category_id']!r} is not in categories", item)
         x, y, w, h = _check_bbox(path, item, ann["bbox"])
+        _check_optional_fields(path, item, ann)
         width, height = float(image["width"]), float(image["height"])
         edges = (
             (x, -tolerance, "left edge", ">="),
@@ -79,15 +85,40 @@ def load_coco(path: str | Path, *, tolerance: float = BOX_TOLERANCE) -> dict[str
                     item,
                 )
         _check_keypoints(path, item, ann, category)
-        _check_segmentation(path, item, ann, int(image["height"]), int(image["width"]))
+        _check_segmentation(path, item, ann, (int(image["height"]), int(image["width"])))
     return data
+
+
+def _check_optional_fields(path: str | Path, item: str, ann: dict[str, Any]) -> None:
+    """``area`` a number >= 0, ``iscrowd`` 0 or 1, ``num_keypoints`` an integer >= 0, where present."""
+    area, crowd, n_kps = ann.get("area", 0), ann.get("iscrowd", 0), ann.get("num_keypoints", 0)
+    if not (_is_number(area) and math.isfinite(area) and area >= 0):
+        raise CorruptAnnotation(path, f"area must be a number >= 0, got {area!r}", item)
+    if not _is_id(crowd) or crowd not in (0, 1):
+        raise CorruptAnnotation(path, f"iscrowd must be 0 or 1, got {crowd!r}", item)
+    if not (_is_id(n_kps) and n_kps >= 0):
+        raise CorruptAnnotation(path, f"num_keypoints must be an integer >= 0, got {n_kps!r}", item)
+
+
+def _check_image(path: str | Path, image: dict[str, Any]) -> None:
+    """An image entry's ``file_name`` is a non-empty string and its ``width`` / ``height`` positive numbers."""
+    item = f"image {image['id']}"
+    if not isinstance(image["file_name"], str) or not image["file_name"]:
+        raise CorruptAnnotation(
+            path, f"file_name must be a non-empty string, got {image['file_name']!r}", item
+        )
+    for key in ("width", "height"):
+        value = image[key]
+        if not _is_number(value) or not math.isfinite(value) or value < 1:
+            raise CorruptAnnotation(path, f"{key} must be a positive number of pixels, got {value!r}", item)
 
 
 def load_coco_results(path: str | Path, gt: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Load and validate a COCO results list (also accepts ``{"annotations": [...]}``).
 
-    A score outside [0, 1] is accepted; a missing score, a malformed box or a box with non-positive
-    width / height is an error, and so are image / category ids unknown to ``gt`` when it is given.
+    A missing score or one that is not a finite number in [0, 1] (a logit, NaN), a malformed box or a box
+    with non-positive width / height is an error, and so are image / category ids unknown to ``gt`` when
+    it is given.
 
     Args:
         path: the json file.
@@ -103,8 +134,8 @@ def load_coco_results(path: str | Path, gt: dict[str, Any] | None = None) -> lis
     results = data.get("annotations") if isinstance(data, dict) else data
     if not isinstance(results, list):
         raise CorruptAnnotation(path, "expected a results list or an object with an 'annotations' list")
-    image_ids = {img["id"] for img in gt["images"]} if gt is not None else None
-    cat_ids = {cat["id"] for cat in gt["categories"]} if gt is not None else None
+    images = {img["id"]: img for img in gt["images"]} if gt is not None else None
+    categories = {cat["id"]: cat for cat in gt["categories"]} if gt is not None else None
     for i, res in enumerate(results):
         item = f"result {i}"
         if not isinstance(res, dict):
@@ -116,16 +147,37 @@ def load_coco_results(path: str | Path, gt: dict[str, Any] | None = None) -> lis
             raise CorruptAnnotation(path, "has none of 'bbox', 'segmentation', 'keypoints'", item)
         if not _is_number(res["score"]):
             raise CorruptAnnotation(path, f"score must be a number, got {res['score']!r}", item)
-        if "bbox" in res:
-            _check_bbox(path, item, res["bbox"])
-        if image_ids is not None and res["image_id"] not in image_ids:
+        if not 0.0 <= float(res["score"]) <= 1.0:  # NaN fails too
+            raise CorruptAnnotation(path, f"score must be in [0, 1], got {res['score']!r}", item)
+        for key in ("image_id", "category_id"):
+            if not _is_id(res[key]):
+                raise CorruptAnnotation(path, f"{key} must be an integer, got {res[key]!r}", item)
+        image = images.get(res["image_id"]) if images is not None else None
+        if images is not None and image is None:
             raise CorruptAnnotation(
                 path, f"image_id {res['image_id']} is not in the ground truth images", item
             )
-        if cat_ids is not None and res["category_id"] not in cat_ids:
+        category = categories.get(res["category_id"]) if categories is not None else None
+        if categories is not None and category is None:
             raise CorruptAnnotation(
                 path, f"category_id {res['category_id']} is not in the ground truth categories", item
             )
+        if "bbox" in res:
+            x, y, w, h = _check_bbox(path, item, res["bbox"])
+            if image is not None and (
+                x >= image["width"] or y >= image["height"] or x + w <= 0 or y + h <= 0
+            ):
+                raise CorruptAnnotation(
+                    path,
+                    f"bbox {_fmt_box(res['bbox'])} lies entirely outside image {image['id']} "
+                    f"({image['width']}x{image['height']})",
+                    item,
+                )
+        if "keypoints" in res:
+            _check_keypoints(path, item, res, category or {})
+        if "segmentation" in res:
+            size = (int(image["height"]), int(image["width"])) if image is not None else None
+            _check_segmentation(path, item, res, size)
     return results
 
 
@@ -140,6 +192,8 @@ def save_coco_results(path: str | Path, results: Sequence[dict[str, Any]]) -> Pa
 
 
 def _read_json(path: str | Path) -> Any:
+    if Path(path).is_dir():
+        raise BadInputError(path, "is a folder, not a json file")
     if not Path(path).is_file():
         raise BadInputError(path, "file not found")
     try:
@@ -151,6 +205,8 @@ def _read_json(path: str | Path) -> Any:
         ) from None
     except UnicodeDecodeError as err:
         raise CorruptAnnotation(path, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise BadInputError(path, f"cannot be read ({err.strerror or type(err).__name__})") from None
 
 
 def _index_items(path: str | Path, items: list[Any], kind: str, required: tuple[str, ...]) -> dict[Any, Any]:
@@ -159,10 +215,12 @@ def _index_items(path: str | Path, items: list[Any], kind: str, required: tuple[
     for i, entry in enumerate(items):
         if not isinstance(entry, dict):
             raise CorruptAnnotation(path, f"expected an object, got {type(entry).__name__}", f"{kind} #{i}")
-        item = f"{kind} {entry['id']}" if "id" in entry else f"{kind} #{i}"
+        item = f"{kind} {entry['id']}" if "id" in entry and _is_id(entry["id"]) else f"{kind} #{i}"
         for key in required:
             if key not in entry:
                 raise CorruptAnnotation(path, f"missing required key '{key}'", item)
+        if not _is_id(entry["id"]):
+            raise CorruptAnnotation(path, f"id must be an integer, got {entry['id']!r}", item)
         if entry["id"] in index:
             raise CorruptAnnotation(path, f"duplicate {kind} id {entry['id']}", item)
         index[entry["id"]] = entry
@@ -171,6 +229,11 @@ def _index_items(path: str | Path, items: list[Any], kind: str, required: tuple[
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_id(value: Any) -> bool:
+    """COCO ids are integers (the COCO libraries accept nothing else)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _fmt_box(bbox: Sequence[float]) -> str:
@@ -196,8 +259,8 @@ def _check_keypoints(path: str | Path, item: str, ann: dict[str, Any], category:
     kps = ann.get("keypoints")
     if kps is None:
         return
-    if not isinstance(kps, list) or len(kps) % 3 or not all(_is_number(v) for v in kps):
-        raise CorruptAnnotation(path, "keypoints must be a flat list of (x, y, v) numbers", item)
+    if not isinstance(kps, list) or len(kps) % 3 or not all(_is_number(v) and math.isfinite(v) for v in kps):
+        raise CorruptAnnotation(path, "keypoints must be a flat list of (x, y, v) finite numbers", item)
     expected = len(category.get("keypoints") or [])
     if expected and len(kps) != 3 * expected:
         raise CorruptAnnotation(
@@ -207,9 +270,12 @@ def _check_keypoints(path: str | Path, item: str, ann: dict[str, Any], category:
         )
 
 
-def _check_segmentation(path: str | Path, item: str, ann: dict[str, Any], height: int, width: int) -> None:
+def _check_segmentation(
+    path: str | Path, item: str, ann: dict[str, Any], size: tuple[int, int] | None
+) -> None:
+    """Polygons of >= 3 finite (x, y) points, or an RLE whose ``size`` is the image's ``[H, W]``."""
     segm = ann.get("segmentation")
-    if not segm:
+    if segm is None or (isinstance(segm, list) and not segm):
         return
     if isinstance(segm, list):
         for polygon in segm:
@@ -217,14 +283,36 @@ def _check_segmentation(path: str | Path, item: str, ann: dict[str, Any], height
                 raise CorruptAnnotation(
                     path, "segmentation polygon needs an even number (>= 6) of coordinates", item
                 )
+            if not all(_is_number(v) and math.isfinite(v) for v in polygon):
+                raise CorruptAnnotation(path, "segmentation polygon must hold finite numbers only", item)
     elif isinstance(segm, dict):
         if "size" not in segm or "counts" not in segm:
             raise CorruptAnnotation(path, "segmentation RLE needs 'size' and 'counts'", item)
-        if [int(s) for s in segm["size"]] != [height, width]:
+        rle_size = segm["size"]
+        if not isinstance(rle_size, list) or len(rle_size) != 2 or not all(_is_id(v) for v in rle_size):
+            raise CorruptAnnotation(
+                path, f"segmentation RLE size must be [height, width], got {rle_size!r}", item
+            )
+        if size is not None and tuple(rle_size) != size:
             raise CorruptAnnotation(
                 path,
-                f"segmentation RLE size {list(segm['size'])} differs from the image size [{height}, {width}]",
+                f"segmentation RLE size {rle_size} differs from the image size [{size[0]}, {size[1]}]",
                 item,
+            )
+        counts = segm["counts"]
+        if isinstance(counts, list):
+            if not all(_is_id(v) and v >= 0 for v in counts):
+                raise CorruptAnnotation(path, "segmentation RLE counts must be integers >= 0", item)
+            if sum(counts) != rle_size[0] * rle_size[1]:
+                raise CorruptAnnotation(
+                    path,
+                    f"segmentation RLE counts cover {sum(counts)} pixels, not the {rle_size[0]} x {rle_size[1]} "
+                    "of its size",
+                    item,
+                )
+        elif not isinstance(counts, str):
+            raise CorruptAnnotation(
+                path, f"segmentation RLE counts must be a list or a string, got {type(counts).__name__}", item
             )
     else:
         raise CorruptAnnotation(

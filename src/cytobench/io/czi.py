@@ -68,7 +68,7 @@ def parse_czi_metadata(xml: str | ET.Element | None) -> CziMetadata:
             continue
     size = None
     dx, dy = distances.get("X", 0.0), distances.get("Y", 0.0)
-    if dx > 0 and dy > 0:
+    if 0 < dx < float("inf") and 0 < dy < float("inf"):
         size = (dy if dy >= _METRES_MAX else dy * 1e6, dx if dx >= _METRES_MAX else dx * 1e6)
     bits_text = root.findtext(".//Information/Image/ComponentBitCount")
     bits = int(bits_text) if bits_text and bits_text.strip().isdigit() and int(bits_text) > 0 else None
@@ -109,7 +109,11 @@ def read_czi_raw(
 
 
 def read_czi(
-    path: str | Path, *, bit_depth: int | None = None, z_project: Literal["first", "max"] = "first"
+    path: str | Path,
+    *,
+    bit_depth: int | None = None,
+    z_project: Literal["first", "max"] = "first",
+    range_percentile: float | None = None,
 ) -> ImageData:
     """Read a CZI into :class:`~cytobench.io.images.ImageData` (float32 ``(H, W, C)`` in [0, 1]).
 
@@ -118,11 +122,15 @@ def read_czi(
         bit_depth: force the significant bits; None uses ``ComponentBitCount`` or the inference rule of
             :mod:`cytobench.io.images`.
         z_project: ``"first"`` or ``"max"`` (see :func:`read_czi_raw`).
+        range_percentile: None for the bit-depth rule, q for the robust rule
+            (:func:`cytobench.io.images.scale_intensities`).
     """
-    from cytobench.io.images import ImageData, scale_to_unit
+    from cytobench.io.images import ImageData, scale_intensities
 
     raw, meta = read_czi_raw(path, z_project)
-    array, bits = scale_to_unit(raw, bit_depth if bit_depth is not None else meta.bit_depth)
+    array, bits, clipped = scale_intensities(
+        raw, bit_depth if bit_depth is not None else meta.bit_depth, range_percentile
+    )
     names = meta.channel_names if meta.channel_names and len(meta.channel_names) == array.shape[2] else None
     return ImageData(
         array=np.ascontiguousarray(array),
@@ -130,6 +138,7 @@ def read_czi(
         pixel_size_um=meta.pixel_size_um,
         bit_depth=bits,
         path=Path(path),
+        clipped=clipped,
     )
 
 

@@ -2,19 +2,16 @@
 
 Every reader returns an :class:`ImageData` whose ``array`` is float32 ``H x W x C`` in [0, 1].
 
-Intensity scaling rule (DESIGN: 16-bit data is scaled by its *real* range, never assumed 8-bit):
+Intensity scaling (:mod:`cytobench.io.intensity`): by default integer data are divided by ``2**b - 1`` for the
+file's bit depth ``b`` (declared by the file, else the smallest of 8, 10, 12, 14, 16 holding the image
+maximum), floats outside [0, 1] are min-max normalised. ``range_percentile=q`` (what ``fish analyze``
+uses) sets that range from each channel's q-th percentile instead of its maximum, so that a few hot pixels
+cannot set the scale; they are clipped and reported in :attr:`ImageData.clipped`.
 
-* ``uint8``: divided by 255.
-* ``uint16`` (and other integer types whose values fit in 16 bits): divided by ``2**b - 1`` where ``b`` is
-
-  1. the ``bit_depth`` argument when given (use it to force one scale for a whole data set), else
-  2. the significant bits stored in the file (TIFF ``BitsPerSample`` < 16, CZI ``ComponentBitCount``), else
-  3. the smallest of 8, 10, 12, 14, 16 with ``max(image) <= 2**b - 1`` (a 12-bit camera image whose
-     brightest pixel is 3000 is divided by 4095).
-
-  When the data exceed the declared depth, the inferred depth wins (values are never clipped).
-* wider integers: divided by the image maximum; ``bool``: 0 / 1.
-* floats: kept when already in [0, 1], otherwise min-max normalised to [0, 1].
+Pixel size (``ImageData.pixel_size_um``, ``(dy, dx)`` in micrometres): OME-XML ``PhysicalSizeX/Y`` (with
+their units), ImageJ metadata ``unit`` with the X/Y resolution tags, TIFF resolution tags in centimetres, or
+in inches when they give at most :data:`MAX_INCH_PIXEL_UM` um per pixel (72 / 96 / 300 dpi defaults of
+generic writers are ignored); CZI ``Scaling`` (:mod:`cytobench.io.czi`). Other formats state none.
 
 Channel rule: grayscale stays one channel, colour images are RGB, an alpha channel is dropped.
 Multi-plane TIFFs: the channel axis is TIFF axis ``C`` (or the samples axis ``S``); every other
@@ -27,7 +24,7 @@ from __future__ import annotations
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,12 +33,30 @@ import torch
 
 from cytobench.errors import BadInputError, UnreadableImage
 from cytobench.io.axes import select_planes
+from cytobench.io.intensity import (
+    ClippedRange,
+    infer_bit_depth,
+    scale_to_unit,
+    scale_to_unit_robust,
+)
 
-__all__ = ["ImageData", "read_image", "read_image_tensor", "scale_to_unit", "write_image"]
+__all__ = [
+    "MAX_INCH_PIXEL_UM",
+    "ClippedRange",
+    "ImageData",
+    "infer_bit_depth",
+    "read_image",
+    "read_image_tensor",
+    "scale_intensities",
+    "scale_to_unit",
+    "write_image",
+]
 
 ZProject = Literal["first", "max"]
-_STANDARD_DEPTHS = (8, 10, 12, 14, 16)
 _TIFF_SUFFIXES = {".tif", ".tiff"}
+#: Largest pixel size (um) accepted from inch-based TIFF resolution tags (2540 dpi and finer); coarser ones
+#: are the print resolutions of generic writers, not a microscope's.
+MAX_INCH_PIXEL_UM = 10.0
 
 
 @dataclass
@@ -57,6 +72,8 @@ class ImageData:
         bit_depth: the bit depth the integer data were scaled by (``2**bit_depth - 1`` maps to 1.0);
             32 for float data.
         path: the file that was read.
+        clipped: channels with pixels outside the range the rest of the channel set (only with
+            ``range_percentile``; empty otherwise).
     """
 
     array: np.ndarray
@@ -64,54 +81,31 @@ class ImageData:
     pixel_size_um: tuple[float, float] | None
     bit_depth: int
     path: Path
+    clipped: list[ClippedRange] = field(default_factory=list)
 
 
-def infer_bit_depth(array: np.ndarray, declared: int | None = None) -> int:
-    """Bit depth used to scale integer data (see the module docstring for the rule).
-
-    Args:
-        array: integer image of any shape.
-        declared: bits stated by the file or the caller, or None.
-
-    Returns:
-        The number of bits ``b``; ``2**b - 1`` maps to 1.0.
-    """
-    if array.dtype == np.uint8:
-        return 8
-    vmax = int(array.max()) if array.size else 0
-    inferred = next((b for b in _STANDARD_DEPTHS if vmax <= 2**b - 1), int(vmax).bit_length())
-    if declared is not None and declared > 0 and vmax <= 2**declared - 1:
-        return int(declared)
-    return inferred
-
-
-def scale_to_unit(array: np.ndarray, bit_depth: int | None = None) -> tuple[np.ndarray, int]:
-    """Convert raw pixel data to float32 in [0, 1].
-
-    Args:
-        array: raw data of any shape (uint8, uint16, other integers, bool or float).
-        bit_depth: declared significant bits for integer data, or None to infer them.
+def scale_intensities(
+    raw: np.ndarray, bit_depth: int | None = None, range_percentile: float | None = None
+) -> tuple[np.ndarray, int, list[ClippedRange]]:
+    """Scale raw ``(H, W, C)`` data to float32 [0, 1] by the bit-depth rule, or the robust rule when
+    ``range_percentile`` is given (:mod:`cytobench.io.intensity`).
 
     Returns:
-        ``(scaled float32 array of the same shape, bit depth used)``.
+        ``(array, bit depth used, clipped channels)``.
     """
-    if array.dtype == np.bool_:
-        return array.astype(np.float32), 1
-    if np.issubdtype(array.dtype, np.floating):
-        out = np.nan_to_num(array.astype(np.float32))
-        lo, hi = (float(out.min()), float(out.max())) if out.size else (0.0, 1.0)
-        if lo < 0.0 or hi > 1.0:
-            out = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out)
-        return out, 32
-    if not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(f"unsupported pixel type {array.dtype}")
-    data = np.clip(array, 0, None) if np.issubdtype(array.dtype, np.signedinteger) else array
-    bits = infer_bit_depth(data, bit_depth)
-    denom = float(2**bits - 1) if bits <= 16 else float(max(int(data.max()), 1))
-    return (data.astype(np.float32) / denom).clip(0.0, 1.0), bits
+    if range_percentile is None:
+        array, bits = scale_to_unit(raw, bit_depth)
+        return array, bits, []
+    return scale_to_unit_robust(raw, bit_depth, range_percentile)
 
 
-def read_image(path: str | Path, *, bit_depth: int | None = None, z_project: ZProject = "first") -> ImageData:
+def read_image(
+    path: str | Path,
+    *,
+    bit_depth: int | None = None,
+    z_project: ZProject = "first",
+    range_percentile: float | None = None,
+) -> ImageData:
     """Read an image file into float32 ``(H, W, C)`` in [0, 1].
 
     Args:
@@ -119,6 +113,8 @@ def read_image(path: str | Path, *, bit_depth: int | None = None, z_project: ZPr
         bit_depth: force the significant bits of integer data (e.g. 12 for a whole 12-bit data set);
             None follows the rule in the module docstring.
         z_project: ``"first"`` takes the first Z plane, ``"max"`` the maximum projection over Z.
+        range_percentile: None scales by the bit-depth rule; q in (50, 100] by the robust rule (the range
+            set by each channel's q-th percentile; pixels above it clipped and listed in ``clipped``).
 
     Returns:
         The decoded :class:`ImageData`.
@@ -134,7 +130,7 @@ def read_image(path: str | Path, *, bit_depth: int | None = None, z_project: ZPr
         if suffix == ".czi":
             from cytobench.io.czi import read_czi
 
-            return read_czi(path, bit_depth=bit_depth, z_project=z_project)
+            return read_czi(path, bit_depth=bit_depth, z_project=z_project, range_percentile=range_percentile)
         if suffix in _TIFF_SUFFIXES:
             raw, declared, names, pixel_size = _read_tiff(path, z_project)
         else:
@@ -143,7 +139,9 @@ def read_image(path: str | Path, *, bit_depth: int | None = None, z_project: ZPr
         raise
     except Exception as err:  # decoder errors of PIL / cv2 / tifffile become one line
         raise UnreadableImage(path, f"cannot decode image ({_short(err)})") from err
-    array, bits = scale_to_unit(raw, bit_depth if bit_depth is not None else declared)
+    array, bits, clipped = scale_intensities(
+        raw, bit_depth if bit_depth is not None else declared, range_percentile
+    )
     if names is not None and len(names) != array.shape[2]:
         names = None
     return ImageData(
@@ -152,6 +150,7 @@ def read_image(path: str | Path, *, bit_depth: int | None = None, z_project: ZPr
         pixel_size_um=pixel_size,
         bit_depth=bits,
         path=path,
+        clipped=clipped,
     )
 
 
@@ -212,10 +211,9 @@ _OPENCV_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM")  # PNG, JPEG, BMP
 
 def _read_raster(path: Path) -> np.ndarray:
     """Decode PNG / JPEG / BMP (and other OpenCV / Pillow formats) to ``(H, W, C)`` raw data, RGB order."""
-    import cv2
 
     raw = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
+    image = _imdecode_quietly(raw) if raw.size else None
     if image is None and bytes(raw[:8]).startswith(_OPENCV_MAGIC):
         # OpenCV owns these formats: a failure means corrupt data (and Pillow's plugins, which other
         # packages extend, would only add their own noise)
@@ -235,6 +233,18 @@ def _read_raster(path: Path) -> np.ndarray:
     if gray_alpha or (image.shape[2] == 4 and _channels_equal(image[:, :, :3])):
         return image[:, :, :1]
     return np.ascontiguousarray(image[:, :, 2::-1])  # BGR(A) -> RGB, alpha dropped
+
+
+def _imdecode_quietly(raw: np.ndarray) -> np.ndarray | None:
+    """``cv2.imdecode`` without OpenCV's own log lines on stderr (a corrupt file is reported in one line)."""
+    import cv2
+
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        return cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
 
 
 def _channels_equal(image: np.ndarray) -> bool:
@@ -281,8 +291,30 @@ def _reduce_axes(path: Path, data: np.ndarray, axes: str, z_project: ZProject) -
     return reduced[:, :, None] if reduced.ndim == 2 else reduced
 
 
+#: Micrometres per unit of length names found in OME-XML and ImageJ metadata (lower case).
+_UM_PER_UNIT = {
+    "pm": 1e-6,
+    "å": 1e-4,
+    "nm": 1e-3,
+    "nanometer": 1e-3,
+    "um": 1.0,
+    "µm": 1.0,  # U+00B5 micro sign
+    "μm": 1.0,  # U+03BC Greek mu
+    "\\u00b5m": 1.0,  # ImageJ writes the escape itself
+    "micron": 1.0,
+    "microns": 1.0,
+    "micrometer": 1.0,
+    "micrometre": 1.0,
+    "mm": 1e3,
+    "cm": 1e4,
+    "m": 1e6,
+    "inch": 25400.0,
+    "in": 25400.0,
+}
+
+
 def _ome_metadata(xml: str | None) -> tuple[list[str] | None, tuple[float, float] | None]:
-    """Channel names and ``(dy, dx)`` pixel size (um) from OME-XML; missing parts are None."""
+    """Channel names and ``(dy, dx)`` pixel size (um) from OME-XML; missing or unknown parts are None."""
     if not xml:
         return None, None
     try:
@@ -295,35 +327,50 @@ def _ome_metadata(xml: str | None) -> tuple[list[str] | None, tuple[float, float
     names = [
         ch.get("Name") or f"C{i}" for i, ch in enumerate(el for el in pixels if el.tag.endswith("Channel"))
     ]
-    scale = {"nm": 1e-3, "µm": 1.0, "um": 1.0, "mm": 1e3, "m": 1e6}
-    size: tuple[float, float] | None = None
-    if pixels.get("PhysicalSizeX") and pixels.get("PhysicalSizeY"):
-        fx = scale.get(pixels.get("PhysicalSizeXUnit", "µm"), 1.0)
-        fy = scale.get(pixels.get("PhysicalSizeYUnit", "µm"), 1.0)
-        size = (float(pixels.get("PhysicalSizeY")) * fy, float(pixels.get("PhysicalSizeX")) * fx)
+    dy = _length_um(pixels.get("PhysicalSizeY"), pixels.get("PhysicalSizeYUnit", "µm"))
+    dx = _length_um(pixels.get("PhysicalSizeX"), pixels.get("PhysicalSizeXUnit", "µm"))
+    size = (dy, dx) if dy is not None and dx is not None else None
     return (names or None), size
 
 
-def _tiff_resolution(page: Any, imagej: dict[str, Any] | None) -> tuple[float, float] | None:
-    """``(dy, dx)`` in um from X/YResolution when the unit is micron (ImageJ) or centimetre.
+def _length_um(value: str | float | None, unit: str) -> float | None:
+    """``value`` in ``unit`` as micrometres; None when missing, not a positive finite number or in an unknown unit."""
+    scale = _UM_PER_UNIT.get(str(unit).strip().lower())
+    try:
+        number = float(value) if value is not None else float("nan")
+    except ValueError:
+        return None
+    if scale is None or not (number > 0 and number < float("inf")):
+        return None
+    return number * scale
 
-    Inch-based resolutions (typically 72 dpi defaults of generic writers) are ignored.
+
+def _tiff_resolution(page: Any, imagej: dict[str, Any] | None) -> tuple[float, float] | None:
+    """``(dy, dx)`` in um from the X/YResolution tags (pixels per unit).
+
+    The unit is ImageJ's ``unit`` when the file has ImageJ metadata (``micron``, ``nm``, ``cm``, ...; ImageJ
+    leaves ``ResolutionUnit`` at none), else ``ResolutionUnit``: centimetre, or inch when that gives at most
+    :data:`MAX_INCH_PIXEL_UM` um per pixel (72 / 96 / 300 dpi defaults of generic writers are print
+    resolutions, not pixel sizes). No unit (ImageJ ``pixel``, ``ResolutionUnit`` none) gives None.
     """
     tags = page.tags
     if "XResolution" not in tags or "YResolution" not in tags:
         return None
-    unit = str((imagej or {}).get("unit", "")).lower()
-    res_unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
-    if unit in ("um", "micron", "µm", "\\u00b5m"):
-        per_unit = 1.0
-    elif res_unit == 3 and not imagej:
-        per_unit = 1e4
+    res_unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2  # TIFF default: inch
+    unit = str((imagej or {}).get("unit", "")).strip().lower()
+    if unit:
+        per_unit = _UM_PER_UNIT.get(unit)
     else:
+        per_unit = {2: _UM_PER_UNIT["inch"], 3: _UM_PER_UNIT["cm"]}.get(res_unit)
+    if per_unit is None:
         return None
     (xn, xd), (yn, yd) = tags["XResolution"].value, tags["YResolution"].value
-    if xn <= 0 or yn <= 0:
+    if xn <= 0 or yn <= 0 or xd <= 0 or yd <= 0:
         return None
-    return (per_unit * yd / yn, per_unit * xd / xn)
+    size = (per_unit * yd / yn, per_unit * xd / xn)
+    if per_unit == _UM_PER_UNIT["inch"] and max(size) > MAX_INCH_PIXEL_UM:
+        return None
+    return size
 
 
 #: Files `cytobench predict` / `fish analyze` pick up from a folder.

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 from cytobench.errors import BadInputError
 from cytobench.evaluation.stats import compare_groups, mean_std, paired_ttest
-from cytobench.io.files import write_json_atomic
+from cytobench.io.files import read_json, write_json_atomic
 from cytobench.reproduce.base import format_beside_paper, load_paper, write_text_atomic
 from cytobench.reproduce.runs import Run, collect_runs, group_runs
 
@@ -97,7 +96,7 @@ def postprocess_metrics(run: Run, modes: Sequence[str], device: str = "cpu") -> 
     if not checkpoint.is_file():
         raise BadInputError(run.path, "no checkpoints/best.pt to re-evaluate under other post-processings")
     cache_file = run.path / POSTPROCESS_CACHE
-    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    cache = read_json(cache_file) if cache_file.is_file() else {}
     if cache.get("checkpoint_mtime") != checkpoint.stat().st_mtime:
         cache = {"checkpoint_mtime": checkpoint.stat().st_mtime, "metrics": {}}
     missing = [m for m in modes if m not in cache["metrics"]]

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from cytobench.evaluation.stats import paired_ttest, summarize_runs, welch_ttest
-from cytobench.io.files import write_json_atomic
+from cytobench.io.files import read_json, write_json_atomic
 from cytobench.reproduce.base import (
     TestSet,
     check_scale,
@@ -205,7 +205,7 @@ def reproduce(
 
     key = _cache_key(checkpoints, ann_file)
     cache_file = out_dir / "eval_cache.json"
-    cached = json.loads(cache_file.read_text()) if use_cache and cache_file.is_file() else {}
+    cached = read_json(cache_file) if use_cache and cache_file.is_file() else {}
     if cached.get("key") == key and all((out_dir / f).is_file() for f in FIGURES):
         progress(f"reusing the evaluation cached in {cache_file}")
         evaluation = cached

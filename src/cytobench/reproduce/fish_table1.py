@@ -43,16 +43,25 @@ def load_paper_table() -> dict[str, Any]:
 
 
 def ultralytics_val(
-    checkpoint: Path, ann_file: Path, images: Path, out_dir: Path, imgsz: int, device: str
+    checkpoint: Path,
+    ann_file: Path,
+    images: Path,
+    out_dir: Path,
+    imgsz: int,
+    device: str,
+    trust: bool = False,
 ) -> dict:
-    """ultralytics' own validation (conf 0.001, IoU 0.7) of the test set: ``{metric: value}`` for masks."""
+    """ultralytics' own validation (conf 0.001, IoU 0.7) of the test set: ``{metric: value}`` for masks.
+
+    ``trust``: load a pickled ultralytics ``.pt`` (see :func:`cytobench.models.yolo.build_yolo_model`).
+    """
     from cytobench.io.yolo import export_yolo
     from cytobench.models.yolo import build_yolo_model
 
     yolo_dir = out_dir / "yolo_test"
     shutil.rmtree(yolo_dir, ignore_errors=True)
     export_yolo(ann_file, images, yolo_dir, split="val", task="segment")
-    model = build_yolo_model("", weights_path=checkpoint)
+    model = build_yolo_model("", weights_path=checkpoint, trust=trust)
     res = model.val(
         data=str(yolo_dir / "data.yaml"),
         imgsz=imgsz,
@@ -71,9 +80,19 @@ def ultralytics_val(
 
 
 def reproduce(
-    checkpoint: str | Path, out_dir: str | Path, *, scale: str = "cpu", seed: int = 2024, device: str = "cpu"
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    scale: str = "cpu",
+    seed: int = 2024,
+    device: str = "cpu",
+    trust: bool = False,
 ) -> dict[str, Any]:
-    """Build the table; returns everything written to ``table1.json``."""
+    """Build the table; returns everything written to ``table1.json``.
+
+    ``trust``: load a pickled ultralytics ``.pt`` (``--trust-checkpoint``); a YOLO run's own checkpoints
+    load without it.
+    """
     from cytobench.engine.distributed import local_device
     from cytobench.engine.predict import CocoResultsWriter, load_model_from_checkpoint
     from cytobench.evaluation import evaluate_coco
@@ -86,7 +105,7 @@ def reproduce(
     n_images = check_scale(scale, SCALES)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, info = load_model_from_checkpoint(checkpoint, device)
+    model, info = load_model_from_checkpoint(checkpoint, device, trust=trust)
     if not hasattr(model, "yolo"):
         raise BadInputError(checkpoint, "not a YOLO run's checkpoint (Table 1 is YOLOv8-seg's)")
     model.conf, model.iou, model.max_det = 0.001, 0.7, 300  # ultralytics' validation settings
@@ -112,7 +131,7 @@ def reproduce(
         "mAP50-95": segm["AP"],
     }
     yolo = ultralytics_val(
-        Path(checkpoint), ann_file, images_dir, out_dir, model.imgsz, ultralytics_device(device)
+        Path(checkpoint), ann_file, images_dir, out_dir, model.imgsz, ultralytics_device(device), trust
     )
     paper = load_paper_table()["metrics"]
     rows = [[m, float(paper[m]), ours[m], yolo[m]] for m in METRICS]
@@ -136,7 +155,10 @@ def reproduce(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from cytobench.cli import TRUST_CHECKPOINT_HELP
+
     parser.add_argument("--checkpoint", required=True, help="YOLO-seg checkpoint of a cytobench run")
+    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
     parser.add_argument(
         "--scale", choices=sorted(SCALES), default="cpu", help="test images: smoke 4, cpu 27, paper 87"
     )
@@ -146,7 +168,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    result = reproduce(args.checkpoint, args.out, scale=args.scale, seed=args.seed, device=args.device)
+    result = reproduce(
+        args.checkpoint,
+        args.out,
+        scale=args.scale,
+        seed=args.seed,
+        device=args.device,
+        trust=args.trust_checkpoint,
+    )
     print(result["table"])
     pr = result["operating_point"]
     print(

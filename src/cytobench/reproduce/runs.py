@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from typing import Any
 import yaml
 
 from cytobench.errors import BadInputError
+from cytobench.io.files import read_json
 
 
 @dataclass
@@ -37,7 +37,10 @@ def is_finished(summary: dict[str, Any], config: dict[str, Any]) -> bool:
 
     ``train.py`` adds ``best`` when training ends; a run stopped early or at ``trainer.max_epochs`` is
     finished too. Without ``trainer.max_epochs`` in the config there is nothing to tell, so it counts.
+    A run that failed or was interrupted (``status`` ``failed`` / ``killed``, written by ``train.py``) is not.
     """
+    if summary.get("status") in ("failed", "killed"):
+        return False
     if "best" in summary or summary.get("stopped_early"):
         return True
     max_epochs = (config.get("trainer") or {}).get("max_epochs")
@@ -47,9 +50,10 @@ def is_finished(summary: dict[str, Any], config: dict[str, Any]) -> bool:
 def collect_runs(roots: Iterable[str | Path]) -> list[Run]:
     """Every finished run below ``roots`` (single runs or ``-m`` sweep folders), sorted by path.
 
-    Runs still training (or killed before their last epoch) are left out, and said so on stderr.
+    Runs still training (or killed before their last epoch) and runs that failed (``status: failed``,
+    e.g. a diverged sweep job) are left out, and said so on stderr.
     """
-    runs, unfinished = [], []
+    runs, unfinished, failed = [], [], []
     for root in map(Path, roots):
         if not root.exists():
             raise BadInputError(root, "no such runs folder")
@@ -57,18 +61,33 @@ def collect_runs(roots: Iterable[str | Path]) -> list[Run]:
             config_file = metrics_file.with_name("config.yaml")
             if not config_file.is_file():
                 continue
-            summary = json.loads(metrics_file.read_text())
+            summary = read_json(metrics_file)
             config = yaml.safe_load(config_file.read_text())
+            if summary.get("status") in ("failed", "killed"):
+                failed.append(f"{metrics_file.parent}: {summary.get('reason') or summary['status']}")
+                continue
             if not is_finished(summary, config):
                 unfinished.append(metrics_file.parent)
                 continue
             runs.append(Run(metrics_file.parent, config, best_metrics(summary)))
+        for status_file in sorted(root.rglob("status.json")):  # runs that ended before their first evaluation
+            if status_file.with_name("metrics.json").is_file():
+                continue
+            status = read_json(status_file)
+            if not isinstance(status, dict):
+                continue
+            if status.get("status") in ("failed", "killed"):
+                failed.append(f"{status_file.parent}: {status.get('reason') or status['status']}")
+            elif status.get("status") == "running":
+                unfinished.append(status_file.parent)
     if unfinished:
         print(
             f"left out {len(unfinished)} unfinished run(s) (still training or stopped before their last "
             f"epoch), e.g. {unfinished[0]}",
             file=sys.stderr,
         )
+    if failed:
+        print(f"left out {len(failed)} failed or interrupted run(s), e.g. {failed[0]}", file=sys.stderr)
     if not runs:
         raise BadInputError(", ".join(map(str, roots)), "no finished runs (metrics.json + config.yaml) found")
     return runs

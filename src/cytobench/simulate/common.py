@@ -112,8 +112,10 @@ def check_val_fraction(val_fraction: float | None, n_images: int) -> None:
         return
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float | np.floating):
         raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
-    if not 0.0 < float(val_fraction) < 1.0 or n_images < 2:
-        raise ValueError(f"val_fraction must be in (0, 1) with n_images >= 2, got {val_fraction!r}")
+    if not 0.0 < float(val_fraction) < 1.0:  # NaN fails too
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    if n_images < 2:
+        raise ValueError(f"val_fraction {val_fraction!r} needs at least 2 images to split, got {n_images}")
 
 
 def val_count(n_images: int, val_fraction: float) -> int:
