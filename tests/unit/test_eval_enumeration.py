@@ -200,6 +200,89 @@ def test_overlap_metrics_by_hand() -> None:
     assert m["overlap_recall"] == 0.0 and m["overlap_acc"] == 0.0 and math.isnan(m["overlap_precision"])
 
 
+def per_image_reference(
+    gts: list[np.ndarray],
+    dets: list[np.ndarray],
+    scores: list[np.ndarray],
+    score_thr: float,
+    iou_thr: float,
+    tau: float,
+) -> dict[str, float]:
+    """enumeration_metrics written image by image from match_detections and overlapping_subset."""
+    tp_sum = fp_sum = fn_sum = correct = 0
+    over = [0, 0, 0, 0]
+    flags = []
+    for g, d, s in zip(gts, dets, scores):
+        tp, assigned, _ = match_detections(g, d, s, iou_thr)
+        flags.append(tp)
+        kept = s >= score_thr
+        n_tp = int((tp & kept).sum())
+        n_fp, n_fn = int(kept.sum()) - n_tp, len(g) - n_tp
+        tp_sum, fp_sum, fn_sum, correct = (
+            tp_sum + n_tp,
+            fp_sum + n_fp,
+            fn_sum + n_fn,
+            correct + (n_fp == n_fn == 0),
+        )
+        if len(g) < 2:
+            continue
+        in_so = overlapping_subset(g, tau)
+        detected = np.zeros(len(g), dtype=bool)
+        detected[assigned[tp & kept]] = True
+        iou = box_iou(d, g)
+        fp = kept & ~tp
+        best = iou[fp].argmax(axis=1) if fp.any() else np.zeros(0, dtype=int)
+        so_fp = int((in_so[best] & (iou[fp][np.arange(len(best)), best] > 0)).sum())
+        over = [over[0] + int((detected & in_so).sum()), over[1] + so_fp, over[2] + int((~detected & in_so).sum()),
+                over[3] + int(in_so.sum())]  # fmt: skip
+    n_gt = sum(len(g) for g in gts)
+    tp_all, s_all = np.concatenate(flags), np.concatenate(scores)
+    recall, precision, _ = pr_curve(tp_all, s_all, n_gt)
+    fppi, mr = miss_rate_fppi(tp_all, s_all, n_gt, len(gts))
+    return {
+        "wcr": correct / len(gts),
+        "aer": (fp_sum + fn_sum) / (tp_sum + fn_sum),
+        "acc": tp_sum / (tp_sum + fp_sum + fn_sum),
+        "tp": tp_sum,
+        "fp": fp_sum,
+        "fn": fn_sum,
+        "map": average_precision(recall, precision),
+        "mr2": log_average_miss_rate(fppi, mr),
+        "overlap_tp_fp_fn_n": over,
+    }
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_all_images_at_once_equal_image_by_image(seed: int) -> None:
+    """Uneven images (none to many boxes), tied scores and IoUs: the same numbers, exactly."""
+    rng = np.random.default_rng(seed)
+    gts, dets, scores = [], [], []
+    for _ in range(40):
+        n, m = int(rng.integers(0, 14)), int(rng.integers(0, 40))
+        xy = np.round(rng.uniform(0, 60, (n, 2)))
+        g = np.concatenate([xy, xy + np.round(rng.uniform(1, 25, (n, 2)))], 1)
+        d = g[rng.integers(0, n, m)] + rng.integers(-3, 4, (m, 4)) if n else rng.uniform(0, 60, (m, 4))
+        d[:, 2:] = np.maximum(d[:, 2:], d[:, :2] + 1)
+        gts.append(g)
+        dets.append(d.astype(float))
+        scores.append(np.round(rng.uniform(0, 1, m), 1))  # many equal scores
+    for score_thr, iou_thr, tau in ((0.5, 0.5, 0.5), (0.0, 0.3, 0.2), (0.7, 0.0, 0.0)):
+        ours = enumeration_metrics(gts, dets, scores, score_thr, iou_thr, tau)
+        ref = per_image_reference(gts, dets, scores, score_thr, iou_thr, tau)
+        for key in ("wcr", "aer", "acc", "tp", "fp", "fn", "map", "mr2"):
+            assert ours[key] == ref[key], key
+        n_over = [ours["overlap_n"]]
+        assert ref["overlap_tp_fp_fn_n"][3] == n_over[0]
+        tp, fp, fn, _ = ref["overlap_tp_fp_fn_n"]
+        np.testing.assert_equal(ours["overlap_precision"], tp / (tp + fp) if tp + fp else np.nan)
+        np.testing.assert_equal(ours["overlap_recall"], tp / (tp + fn) if tp + fn else np.nan)
+
+
+def test_scores_must_match_detections() -> None:
+    with pytest.raises(ValueError, match="image 1: 2 detected boxes but 1 scores"):
+        enumeration_metrics([arr(A), arr(A)], [arr(A), arr(A, B)], [np.array([0.9]), np.array([0.9])])
+
+
 def test_evaluator_with_torch_tensors() -> None:
     gts, dets, scores = three_images()
     evaluator = EnumerationEvaluator(score_thr=0.5)

@@ -98,6 +98,39 @@ def test_poisson_inverse_matches_the_pmf(lam: float) -> None:
     assert _z(k.mean(), lam, math.sqrt(lam / m)) < 5
 
 
+def test_poisson_inverse_is_the_first_count_whose_cdf_exceeds_u() -> None:
+    """The guide-table shortcuts (cells that give the count outright) agree with the definition."""
+    lam = np.repeat(np.arange(0, 161) / 8, 3 * 1024)  # lam = q / 8 exactly: f = 0, u1 adds nothing
+    cells = np.tile(np.arange(1024) / 1024, 161)
+    u0 = np.concatenate([cells, np.nextafter(cells, 1.0), np.nextafter(cells + 1 / 1024, 0.0)])
+    u0 = u0.reshape(3, 161, 1024).transpose(1, 0, 2).reshape(-1)  # cell edges and just inside them
+    k = poisson_inverse(lam, u0, np.zeros_like(u0))
+    assert k.dtype == np.int64
+    expected = stats.poisson.ppf(u0, lam)  # smallest k with cdf(k) >= u0 ...
+    expected[stats.poisson.cdf(expected, lam) <= u0] += 1  # ... made the smallest with cdf(k) > u0
+    expected[lam == 0] = 0
+    mismatch = np.flatnonzero(k != expected)
+    # scipy's cdf and the tables' pdtr agree to rounding: only draws within 1e-12 of a step may differ
+    assert all(abs(stats.poisson.cdf(min(k[i], expected[i]), lam[i]) - u0[i]) < 1e-12 for i in mismatch)
+
+
+def test_threads_never_change_a_result() -> None:
+    n = 3 * 256 + 5  # four tiles, the last one partial
+    one = simulate_qd_batch(
+        n, None, PAPER, rng=21, diffusion_range=(0.5, 2.0), return_trajectories=True, workers=1
+    )
+    for workers in (2, 3):
+        gen = np.random.default_rng(21)
+        many = simulate_qd_batch(
+            n, None, PAPER, rng=gen, diffusion_range=(0.5, 2.0), return_trajectories=True, workers=workers
+        )
+        for name in ("counts", "expected", "centroids_px", "boxes_px", "diffusion", "positions_um"):
+            assert np.array_equal(getattr(one, name), getattr(many, name)), (workers, name)
+        again = np.random.default_rng(21)
+        simulate_qd_batch(n, None, PAPER, rng=again, diffusion_range=(0.5, 2.0), workers=1)
+        assert gen.random() == again.random()  # the caller's stream is left where one thread leaves it
+
+
 def test_centroid_is_the_time_weighted_trajectory_mean_and_box_covers_it() -> None:
     batch = simulate_qd_batch(50, 1.75, PAPER, rng=11, return_trajectories=True)
     pos, t = batch.positions_um.astype(float), batch.times_s

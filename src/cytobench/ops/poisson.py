@@ -13,6 +13,7 @@ import threading
 import numpy as np
 
 LAM_MAX = 1024.0  # largest expected count per element the tables cover
+_CELL_BITS = 10  # log2(_PoissonTable.CELLS)
 
 
 def poisson_inverse(lam: np.ndarray, u0: np.ndarray, u1: np.ndarray) -> np.ndarray:
@@ -21,29 +22,42 @@ def poisson_inverse(lam: np.ndarray, u0: np.ndarray, u1: np.ndarray) -> np.ndarr
     ``lam`` is split as ``q / 8 + f`` with ``f`` in ``[0, 1/8)``; the count is ``Poisson(q / 8)`` by
     guide-table inversion of ``u0`` plus ``Poisson(f)`` by sequential inversion of ``u1`` (the sum of
     independent Poisson variables is Poisson with the summed mean). Tables are exact float64 CDFs
-    truncated where the remaining mass is below 1e-30.
+    truncated where the remaining mass is below 1e-30. Most guide cells lie within one step of the CDF
+    and give the count outright; only the draws in the other cells (a few percent) search the CDF.
 
     Args:
-        lam: float expected counts (>= 0), any shape.
+        lam: float expected counts (>= 0), any shape (float32 is used as is, other types as float64).
         u0: float64 uniforms in [0, 1), the shape of ``lam``.
         u1: float64 uniforms in [0, 1), the shape of ``lam``.
 
     Returns:
         int64 counts, the shape of ``lam``.
     """
-    lam64 = np.asarray(lam, dtype=float).reshape(-1)
+    lam_flat = np.asarray(lam)
+    if lam_flat.dtype != np.float32:
+        lam_flat = lam_flat.astype(float, copy=False)
+    lam_flat = lam_flat.reshape(-1)
     u0, u1 = np.asarray(u0, dtype=float).reshape(-1), np.asarray(u1, dtype=float).reshape(-1)
-    table = _PoissonTable.cover(float(lam64.max(initial=0.0)))
-    q = (lam64 * _PoissonTable.STEPS).astype(np.intp)
-    base = table.base.take(q)
-    k = table.guide.take(q * table.CELLS + (u0 * table.CELLS).astype(np.intp)).astype(np.intp)
-    idx = np.flatnonzero(u0 >= table.cdf.take(base + k))  # the count is the first k with u < cdf[k]
-    while idx.size:
-        k[idx] += 1
-        idx = idx[u0[idx] >= table.cdf.take(base[idx] + k[idx])]
+    table = _PoissonTable.cover(float(lam_flat.max(initial=0.0)))
+    # q = floor(lam * STEPS): the product is exact in float32 as in float64 (a power of two)
+    q_cells = np.multiply(
+        lam_flat, _PoissonTable.STEPS, out=np.empty(lam_flat.size, np.intp), casting="unsafe"
+    )
+    q_cells <<= _CELL_BITS  # q * CELLS
+    cell = np.multiply(u0, table.CELLS, out=np.empty(lam_flat.size, np.intp), casting="unsafe")
+    cell += q_cells  # q * CELLS + floor(u0 * CELLS)
+    k = table.sure.take(cell, mode="clip")  # the count, or ~guide where the cell straddles a CDF step
+    amb = np.flatnonzero(k < 0)
+    if amb.size:
+        kk, u, base = ~k[amb], u0.take(amb), table.base.take(cell.take(amb) >> _CELL_BITS)
+        idx = np.flatnonzero(u >= table.cdf.take(base + kk))  # the count is the first k with u < cdf[k]
+        while idx.size:
+            kk[idx] += 1
+            idx = idx[u[idx] >= table.cdf.take(base[idx] + kk[idx])]
+        k[amb] = kk
     # Poisson(f), f < 1/STEPS: k >= 1 iff u1 >= exp(-f), which needs u1 >= exp(-1/STEPS) first
     idx = np.flatnonzero(u1 >= math.exp(-1.0 / _PoissonTable.STEPS))
-    f = lam64.take(idx) - q.take(idx) * (1.0 / _PoissonTable.STEPS)
+    f = lam_flat.take(idx).astype(float) - (cell.take(idx) >> _CELL_BITS) * (1.0 / _PoissonTable.STEPS)
     u, term = u1.take(idx), np.exp(-f)
     cum = term * (1.0 + f)  # P(k <= 1)
     k[idx] += (u >= term).astype(np.intp) + (u >= cum)
@@ -56,14 +70,14 @@ def poisson_inverse(lam: np.ndarray, u0: np.ndarray, u1: np.ndarray) -> np.ndarr
         more = u >= cum
         idx, u, f, term, cum = idx[more], u[more], f[more], term[more], cum[more]
         k[idx] += 1
-    return k.reshape(np.shape(lam))
+    return k.astype(np.int64).reshape(np.shape(lam))
 
 
 class _PoissonTable:
     """Float64 CDFs and guide tables of ``Poisson(q / STEPS)`` for ``q = 0, 1, ...`` (grown on demand)."""
 
     STEPS = 8  # table rows per unit of lam
-    CELLS = 1024  # guide cells per row
+    CELLS = 1 << _CELL_BITS  # guide cells per row
     _current: _PoissonTable | None = None
     _lock = threading.Lock()
 
@@ -86,6 +100,11 @@ class _PoissonTable:
                 for lo, o, w in zip(self.low, self.offset, width)
             ]
         ).astype(np.int32)
+        # sure[q * CELLS + c]: the count itself where every u of cell c maps to guide (its cdf reaches the
+        # cell's upper end, (c + 1) / CELLS), else ~guide (negative): the search starts there
+        row_of_cell = np.repeat(np.arange(rows), self.CELLS)
+        reaches = self.cdf[self.base[row_of_cell] + self.guide] >= np.tile(cells + 1.0 / self.CELLS, rows)
+        self.sure = np.where(reaches, self.guide, ~self.guide)  # int32
         self.rows = rows
 
     @classmethod

@@ -29,8 +29,10 @@ the sampled trajectory (xy) widened by ``2 sigma_xy`` on each side and clipped t
 
 Sampling (exact, vectorised over images): the walk's normals come from ``torch`` (``normal_`` with a
 ``torch.Generator`` seeded from the numpy stream); each count is drawn by inversion of two float64
-uniforms (:func:`cytobench.ops.poisson.poisson_inverse`), so the whole image is an element-wise function of a fixed number of
-draws per image and chunking never changes a result.
+uniforms (:func:`cytobench.ops.poisson.poisson_inverse`), so the whole image is an element-wise function
+of a fixed number of draws per image and chunking never changes a result. Tiles of :data:`TILE` images
+run on every core (:mod:`cytobench.simulate.qd_tiles`): draws in tile order, the rest in parallel, so the
+number of threads never changes a result either.
 """
 
 from __future__ import annotations
@@ -43,13 +45,15 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
-from cytobench.ops.poisson import LAM_MAX, poisson_inverse
+from cytobench.ops.poisson import LAM_MAX
+from cytobench.simulate.qd_tiles import TILE, Tiles, signal_term
 
 __all__ = [
     "N_QD_DEFAULT",
     "PAPER_DIFFUSION_RANGE",
     "QDBatch",
     "ScanParams",
+    "TILE",
     "expected_photons",
     "scan_timeline",
     "simulate_qd_batch",
@@ -62,8 +66,6 @@ __all__ = [
 # closest to the paper's TrackPy row (experiments/qd/calibrate_nqd.py; numbers in experiments/qd/README.md).
 N_QD_DEFAULT = 5.0
 PAPER_DIFFUSION_RANGE = (0.75, 1.75)  # um^2/s, Sec. 4.1 (training set)
-TILE = 256  # images simulated together (working set in cache); a multiple of the data sets' block size
-_CUMSUM_ROWS = 48  # rows per torch cumsum call: below torch's grain size, so it never waits on a thread pool
 _F32 = np.float32
 
 
@@ -227,8 +229,9 @@ def simulate_qd_batch(
     *,
     diffusion_range: tuple[float, float] | None = None,
     return_trajectories: bool = False,
+    workers: int | None = None,
 ) -> QDBatch:
-    """Simulate ``n`` images of one diffusing QD each, vectorised over the batch.
+    """Simulate ``n`` images of one diffusing QD each, vectorised over the batch and threaded over tiles.
 
     Args:
         n: number of images (>= 1).
@@ -238,6 +241,7 @@ def simulate_qd_batch(
         rng: the random stream: a Generator, or an int seed; None means seed 0 (every call reproducible).
         diffusion_range: ``(lo, hi)`` um^2/s, used only when ``diffusion`` is None.
         return_trajectories: also return ``times_s``, ``positions_um`` and ``beam_um``.
+        workers: threads (None: every core torch would use); the result does not depend on it.
 
     Returns:
         The :class:`QDBatch`.
@@ -249,7 +253,7 @@ def simulate_qd_batch(
     params = params if params is not None else ScanParams()
     d = check_diffusion(diffusion, diffusion_range, n)
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(0 if rng is None else rng)
-    return simulate_streams([(gen, n)], d, diffusion_range, params, return_trajectories)
+    return simulate_streams([(gen, n)], d, diffusion_range, params, return_trajectories, workers)
 
 
 def simulate_streams(
@@ -258,6 +262,7 @@ def simulate_streams(
     diffusion_range: tuple[float, float] | None,
     params: ScanParams,
     return_trajectories: bool = False,
+    workers: int | None = None,
 ) -> QDBatch:
     """Simulate consecutive groups of images, each group drawn from its own random stream.
 
@@ -267,12 +272,18 @@ def simulate_streams(
     pixel of those images. The rest is a deterministic, per-image function of these draws, so a group that
     lies within one tile (a block of the seeded data sets) gives the same images alone or with others.
 
+    Tiles run on ``workers`` threads (:class:`~cytobench.simulate.qd_tiles.Tiles`): each generator is
+    drawn in tile order, as one thread would, and the rest runs in parallel, so the result does not depend
+    on the number of threads.
+
     Args:
         streams: ``(generator, number of images)`` per group, in image order.
         diffusion: (n,) D in um^2/s, or None to draw it from ``diffusion_range`` per group.
         diffusion_range: ``(lo, hi)`` used when ``diffusion`` is None.
         params: scan parameters.
         return_trajectories: also return times, positions and beam.
+        workers: threads (None: ``torch.get_num_threads()``, the cores torch would use; never more than
+            there are tiles).
 
     Returns:
         The :class:`QDBatch` of all ``n = sum(sizes)`` images.
@@ -288,12 +299,6 @@ def simulate_streams(
         start_xy[a:b] = (params.start_margin_px + extent * gen.random((size, 2))) * params.pixel_size_um
         groups.append((gen, torch.Generator().manual_seed(int(gen.integers(0, 2**63))), a, b))
         a = b
-    w = time_weights(times, params)
-    w32, step_sd, sd = (
-        (w / w.sum()).astype(_F32),
-        np.sqrt(step_dt).astype(_F32),
-        np.sqrt(2.0 * d).astype(_F32),
-    )
     batch = QDBatch(
         counts=np.empty((n, rows, cols), dtype=np.int32),
         expected=np.empty((n, rows, cols), dtype=_F32),
@@ -305,32 +310,8 @@ def simulate_streams(
     if return_trajectories:
         batch.times_s, batch.beam_um = times, beam
         batch.positions_um = np.empty((n, T, 3), dtype=_F32)
-    pos_buf, u_buf = np.empty((min(n, TILE), 3, T), dtype=_F32), np.empty((2, min(n, TILE), rows * cols))
-    for t0 in range(0, n, TILE):
-        t1 = min(n, t0 + TILE)
-        pos, u = pos_buf[: t1 - t0], u_buf[:, : t1 - t0]
-        for gen, normals, a, b in groups:
-            lo, hi = max(a, t0) - t0, min(b, t1) - t0
-            if lo < hi:
-                torch.from_numpy(pos[lo:hi]).normal_(generator=normals)
-                gen.random(out=u[0, lo:hi])
-                gen.random(out=u[1, lo:hi])
-        pos[:, :, 1:] *= step_sd  # steps ~ N(0, 2 D dt); column 0 becomes the start position
-        pos[:, :, 1:] *= sd[t0:t1, None, None]
-        pos[:, 2, 0] *= _F32(params.z_start_sigma_um)
-        pos[:, 0, 0], pos[:, 1, 0] = start_xy[t0:t1, 0], start_xy[t0:t1, 1]
-        flat = torch.from_numpy(pos).view(-1, T)
-        for r in range(0, len(flat), _CUMSUM_ROWS):  # small calls run inline, never in torch's thread pool
-            flat[r : r + _CUMSUM_ROWS].cumsum_(1)
-        expected = _signal(pos, beam, params)
-        expected += _F32(params.n_bkg)
-        batch.expected[t0:t1] = expected
-        batch.counts[t0:t1] = poisson_inverse(expected, u[0], u[1])
-        batch.centroids_px[t0:t1, 0], batch.centroids_px[t0:t1, 1] = pos[:, 0] @ w32, pos[:, 1] @ w32
-        batch.boxes_px[t0:t1, :2] = pos[:, :2].min(2)
-        batch.boxes_px[t0:t1, 2:] = pos[:, :2].max(2)
-        if batch.positions_um is not None:
-            batch.positions_um[t0:t1] = pos.transpose(0, 2, 1)
+    w = time_weights(times, params)
+    Tiles(batch, groups, start_xy, step_dt, beam, (w / w.sum()).astype(_F32)).run(workers)
     batch.centroids_px /= params.pixel_size_um
     margin = 2.0 * params.sigma_xy_um
     boxes = batch.boxes_px
@@ -358,7 +339,7 @@ def expected_photons(positions_um: np.ndarray, params: ScanParams | None = None)
         raise ValueError(f"positions_um must be (..., {params.n_samples}, 3), got {pos.shape}")
     single = pos.ndim == 2
     pos = np.ascontiguousarray(pos.reshape(-1, params.n_samples, 3).transpose(0, 2, 1))
-    out = _signal(pos, scan_timeline(params)[2], params) + _F32(params.n_bkg)
+    out = signal_term(pos, scan_timeline(params)[2][:, :2].T, params) + _F32(params.n_bkg)
     return out[0] if single else out
 
 
@@ -431,23 +412,3 @@ def _check_n(n: int) -> int:
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     return int(n)
-
-
-def _signal(pos: np.ndarray, beam: np.ndarray, params: ScanParams) -> np.ndarray:
-    """QD term of Eq. 1 averaged over each dwell: (n, 3, T) float32 um -> (n, rows, cols) float32."""
-    n = pos.shape[0]
-    amp = params.n_qd / (2 * math.pi * params.sigma_xy_um**2) / math.sqrt(2 * math.pi * params.sigma_z_um**2)
-    arg = np.subtract(pos[:, 0], beam[:, 0].astype(_F32))
-    np.multiply(arg, arg, out=arg)
-    tmp = np.subtract(pos[:, 1], beam[:, 1].astype(_F32))
-    np.multiply(tmp, tmp, out=tmp)
-    arg += tmp
-    arg *= _F32(-0.5 / params.sigma_xy_um**2)
-    np.multiply(pos[:, 2], pos[:, 2], out=tmp)  # beam z = 0 (focal plane)
-    tmp *= _F32(-0.5 / params.sigma_z_um**2)
-    arg += tmp
-    np.exp(arg, out=arg)
-    out = arg.reshape(n, params.rows, params.cols, params.substeps)
-    out = out[..., 0] if params.substeps == 1 else out.mean(-1, dtype=_F32)
-    out *= _F32(amp)
-    return out
