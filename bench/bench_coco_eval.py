@@ -26,10 +26,12 @@ from faster_coco_eval import COCOeval_faster
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from summary import HEADER, row  # bench/ is on sys.path when a bench runs as a script
 
 from cytobench.evaluation import evaluate_coco
 
 H, W = 256, 256
+GOAL = 1.1  # times faster-coco-eval's wall time, at most
 
 
 def make_dataset(n_images: int, rng: np.random.Generator) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -129,6 +131,7 @@ def main() -> None:
     )
     print(header)
     failed = False
+    rows = []
     for iou_type in ("bbox", "segm"):
         res = only(results, "bbox" if iou_type == "bbox" else "segmentation")
         warm_gt, warm_res = make_dataset(20, np.random.default_rng(1))  # imports and first-call costs
@@ -155,8 +158,26 @@ def main() -> None:
         print("      pycocotools:", np.round(ref, 4).tolist())
         print("      cytobench:  ", np.round(ours_arr, 4).tolist())
         assert np.allclose(fast, ref, rtol=0, atol=1e-12)
+        same = diff <= 1e-12
+        rows.append(
+            (
+                f"COCO {iou_type} eval, {args.n_images} images, s (baseline: faster-coco-eval)",
+                t_ours,
+                t_fast,
+                same,
+            )
+        )
+        rows.append(
+            (f"COCO {iou_type} eval, {args.n_images} images, s (baseline: pycocotools)", t_ours, t_py, same)
+        )
     print()
     print("ratios: time of the named tool / time of cytobench (> 1 means cytobench is faster)")
+    print(HEADER)
+    for measure, ours, base, same in rows:
+        ratio = ours / base  # time ratio: < 1 means cytobench is faster
+        goal = f"<= {GOAL}x, same 12 numbers" if "faster" in measure else "faster, same 12 numbers"
+        held = same and (ratio <= GOAL if "faster" in measure else ratio < 1)
+        row(measure, round(ours, 2), round(base, 2), ratio, goal, held)
     if failed:
         raise SystemExit("cytobench numbers differ from pycocotools by more than 1e-12")
 

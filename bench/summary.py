@@ -49,7 +49,8 @@ def row(measure: str, ours: object, baseline: object, ratio: float, goal: str, h
         measure: what is measured, with its unit, e.g. ``"QD simulator, images/s"``.
         ours: our number (a float, or a string with its unit).
         baseline: the named baseline's number, measured in the same run.
-        ratio: how many times better ours is than the baseline (NaN if not applicable).
+        ratio: ours against the baseline in the goal's terms: times faster (or more) for a speed-up goal,
+            ours / baseline for a "within" goal; NaN if not applicable.
         goal: the claim, e.g. ``">= 50,000 images/s"``.
         held: whether the goal held in this run.
 

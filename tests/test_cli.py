@@ -219,3 +219,18 @@ def test_simulate_metaphase_aneuploid_split_karyotype(tmp_path: Path, capsys) ->
         ["simulate", "metaphase", "--n", "1", "--n-chromosomes", "46=x", "--out", "y"], capsys
     )
     assert code == 2 and "--n-chromosomes" in err
+
+
+@pytest.mark.parametrize("kind", ["coco-bbox", "coco-keypoints", "enumeration", "localization"])
+def test_eval_imports_neither_torch_nor_model_code(files, kind: str) -> None:
+    """`cytobench eval` is a light command: scoring json needs no deep-learning stack (2 s of import)."""
+    gt, pred = files
+    code = (
+        "import sys\nfrom cytobench.cli import main\n"
+        f"main(['eval', '{kind}', '--gt', {str(gt)!r}, '--pred', {str(pred)!r}])\n"
+        "heavy = sorted(m for m in sys.modules if m in ('torch', 'scipy.stats') or m.startswith('cytobench.models'))\n"
+        "sys.exit(f'imported {heavy}' if heavy else 0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)  # the metrics were printed

@@ -22,8 +22,10 @@ list is evaluated normally: 0.0 wherever ground truth exists.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import io
+import json
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -149,18 +151,51 @@ def accumulate_coco(
     }
 
 
+#: images per faster-coco-eval ``evaluate`` call: the per-image IoU matrices of one chunk are alive at a time
+#: (dense images: 300 x 300 float64 each), so memory does not grow with the number of images.
+EVAL_CHUNK_IMAGES = 64
+
+
 def _run_faster(
     gt: dict[str, Any], res: list[dict], iou_type: str, sigmas: np.ndarray | None, configure: Any
 ) -> Any:
-    """faster-coco-eval's evaluate + accumulate with its logging silenced; returns the COCOeval."""
+    """faster-coco-eval's evaluate + accumulate with its logging silenced; returns the COCOeval.
+
+    Images are matched in chunks of :data:`EVAL_CHUNK_IMAGES` (the per-image matching is independent,
+    and each chunk's IoU matrices are dropped once matched); the chunks' per-image evaluations are then
+    put in the order one call over every image gives ([category][area][image]) and accumulated once, so
+    the numbers are those of a single call.
+    """
     from faster_coco_eval import COCO, COCOeval_faster
 
     coco_gt = COCO(gt, print_function=_quiet)
     coco_dt = coco_gt.loadRes(res)
     coco_dt.print_function = _quiet
-    ev = COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=_quiet, kpt_oks_sigmas=sigmas)
+    ev = COCOeval_faster(
+        coco_gt, coco_dt, iou_type, print_function=_quiet, kpt_oks_sigmas=sigmas, separate_eval=True
+    )
     configure(ev.params)
-    ev.evaluate()
+    image_ids = sorted(set(ev.params.imgIds))
+    if len(image_ids) <= EVAL_CHUNK_IMAGES:
+        ev.evaluate()
+        ev.accumulate()
+        return ev
+    parts = []
+    for start in range(0, len(image_ids), EVAL_CHUNK_IMAGES):
+        ev.params.imgIds = image_ids[start : start + EVAL_CHUNK_IMAGES]
+        ev.evaluate()
+        parts.append((len(ev.params.imgIds), ev._evalImgs_cpp))
+        ev.ious = ev._evalImgs_cpp = None  # this chunk's IoU matrices go now
+    n_groups = len(ev.params.catIds if ev.params.useCats else [-1]) * len(ev.params.areaRng)
+    merged = [
+        item
+        for group in range(n_groups)  # [category][area], each over all images in order
+        for n, evals in parts
+        for item in evals[group * n : (group + 1) * n]
+    ]
+    ev.params.imgIds = image_ids
+    ev._paramsEval = copy.deepcopy(ev.params)
+    ev._evalImgs_cpp = merged
     ev.accumulate()
     return ev
 
@@ -325,62 +360,80 @@ class CocoEvaluator(Evaluator):
 
     def reset(self) -> None:
         self._images: list[dict[str, Any]] = []
-        self._anns: list[dict[str, Any]] = []
-        self._results: list[dict[str, Any]] = []
+        # Per image, its annotations and results as one json bytes object: a few hundred bytes per
+        # object instead of ~1 KB of dicts, so that the state of a long evaluation stays small (the
+        # numbers round-trip exactly: json writes floats as their shortest repr).
+        self._packed: list[bytes] = []
         self._seen: set[int] = set()
 
     def process_image(self, target: Target, pred: Prediction) -> None:
         masks = "segm" in self.iou_types
         kps = "keypoints" in self.iou_types
-        image, anns = target_to_coco(target, len(self._anns) + 1, image_size(target, pred), masks, kps)
+        image, anns = target_to_coco(target, 1, image_size(target, pred), masks, kps)
+        self._add_image(image)
+        results = prediction_to_coco(pred, image["id"], masks, kps)
+        self._packed.append(json.dumps([anns, results], separators=(",", ":")).encode())
+
+    def _add_image(self, image: dict[str, Any]) -> None:
         if image["id"] in self._seen:
             raise BadInputError("targets", f"image_id {image['id']} was processed twice")
         self._seen.add(image["id"])
         self._images.append(image)
-        self._anns.extend(anns)
-        self._results.extend(prediction_to_coco(pred, image["id"], masks, kps))
 
     def state(self) -> dict[str, Any]:
-        return {"images": self._images, "annotations": self._anns, "results": self._results}
+        return {"images": self._images, "packed": self._packed}
 
     def load_states(self, states: Sequence[dict[str, Any]]) -> None:
-        """Union of several ranks' states; annotation ids are renumbered 1..N in rank order."""
+        """Union of several ranks' states, in rank order."""
         self.reset()
         for state in states:
             for image in state["images"]:
-                if image["id"] in self._seen:
-                    raise BadInputError("targets", f"image_id {image['id']} was processed twice")
-                self._seen.add(image["id"])
-            self._images.extend(state["images"])
-            first = len(self._anns) + 1
-            self._anns.extend({**ann, "id": first + i} for i, ann in enumerate(state["annotations"]))
-            self._results.extend(state["results"])
+                self._add_image(image)
+            self._packed.extend(state["packed"])
 
-    def coco_gt(self) -> dict[str, Any]:
-        """The accumulated ground truth as a COCO dataset dict."""
-        ids = [a["category_id"] for a in self._anns] + [r["category_id"] for r in self._results]
+    def _unpacked(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """All annotations (ids numbered 1..N in image order) and all results."""
+        anns: list[dict[str, Any]] = []
+        results: list[dict[str, Any]] = []
+        for packed in self._packed:
+            image_anns, image_results = json.loads(packed)
+            anns.extend(image_anns)
+            results.extend(image_results)
+        for i, ann in enumerate(anns, start=1):
+            ann["id"] = i
+        return anns, results
+
+    def _gt(self, anns: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[str, Any]:
+        ids = [a["category_id"] for a in anns] + [r["category_id"] for r in results]
         return {
             "images": self._images,
-            "annotations": self._anns,
+            "annotations": anns,
             "categories": make_categories(self.categories, ids),
         }
 
+    def coco_gt(self) -> dict[str, Any]:
+        """The accumulated ground truth as a COCO dataset dict."""
+        anns, results = self._unpacked()
+        return self._gt(anns, results)
+
     def coco_results(self) -> list[dict[str, Any]]:
         """The accumulated predictions as a COCO results list."""
-        return self._results
+        return self._unpacked()[1]
 
     def compute(self) -> dict[str, float]:
-        gt = self.coco_gt()
+        anns, results = self._unpacked()  # fresh dicts, used once: the COCO libraries may consume them
+        gt = self._gt(anns, results)
         out: dict[str, float] = {}
-        for iou_type in self.iou_types:
+        for i, iou_type in enumerate(self.iou_types):
             stats = evaluate_coco(
                 gt,
-                self._results,
+                results,
                 iou_type,
                 self.max_dets,
                 self.area_ranges,
                 self.backend,
                 self.kpt_oks_sigmas,
+                copy_inputs=i < len(self.iou_types) - 1,  # the last run may consume them
             )
             out.update({f"{self.prefix}/{iou_type}_{key}": value for key, value in stats.items()})
         return out

@@ -15,12 +15,17 @@ import numpy as np
 from cytobench.errors import BadInputError
 
 
+def _is_mapping(value: Any) -> bool:
+    """``isinstance(value, Mapping)``, with plain dicts (json's) answered without the slow ABC check."""
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def _segmentation_area(seg: Any, height: int, width: int) -> float:
     from pycocotools import mask as mask_utils
 
     if isinstance(seg, list):  # polygons
         rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
-    elif isinstance(seg, Mapping) and isinstance(seg.get("counts"), list):  # uncompressed RLE
+    elif _is_mapping(seg) and isinstance(seg.get("counts"), list):  # uncompressed RLE
         rle = mask_utils.frPyObjects(dict(seg), height, width)
     else:
         rle = dict(seg)
@@ -39,13 +44,13 @@ def prepare_gt(gt: Mapping[str, Any], iou_type: str, copy: bool = True) -> dict[
     if not isinstance(gt, Mapping) or not isinstance(gt.get("images"), Sequence):
         raise BadInputError("ground truth", "not a COCO dataset dict (no 'images' list)")
     for i, img in enumerate(gt["images"]):
-        if not isinstance(img, Mapping) or "id" not in img:
+        if not _is_mapping(img) or "id" not in img:
             raise BadInputError("ground truth", "is not a dict with an 'id'", f"image #{i}")
     sizes = {img["id"]: (img.get("height", 0), img.get("width", 0)) for img in gt["images"]}
     need = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}[iou_type]
     anns = []
     for i, src in enumerate(gt.get("annotations", [])):
-        if not isinstance(src, Mapping):
+        if not _is_mapping(src):
             raise BadInputError("ground truth", "is not a dict", f"annotation #{i}")
         ann = dict(src) if copy else src
         if ann.get("image_id") not in sizes:
@@ -90,7 +95,7 @@ def prepare_results(
     ]
     out = []
     for i, src in enumerate(results):
-        if not isinstance(src, Mapping):
+        if not _is_mapping(src):
             raise BadInputError("predictions", "is not a dict", f"result {i}")
         if src.get("image_id") not in image_ids:
             raise BadInputError(

@@ -231,6 +231,23 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+_NUMBER_TYPES = frozenset({int, float})
+
+
+def _finite_numbers(values: list[Any]) -> bool:
+    """Every value is an int or float (not a bool: json gives no other number types) and finite.
+
+    Two C-level passes (``map``) rather than a Python test per value: polygons of dense images hold
+    millions of coordinates.
+    """
+    if not set(map(type, values)) <= _NUMBER_TYPES:
+        return False
+    try:
+        return all(map(math.isfinite, values))
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def _is_id(value: Any) -> bool:
     """COCO ids are integers (the COCO libraries accept nothing else)."""
     return isinstance(value, int) and not isinstance(value, bool)
@@ -259,7 +276,7 @@ def _check_keypoints(path: str | Path, item: str, ann: dict[str, Any], category:
     kps = ann.get("keypoints")
     if kps is None:
         return
-    if not isinstance(kps, list) or len(kps) % 3 or not all(_is_number(v) and math.isfinite(v) for v in kps):
+    if not isinstance(kps, list) or len(kps) % 3 or not _finite_numbers(kps):
         raise CorruptAnnotation(path, "keypoints must be a flat list of (x, y, v) finite numbers", item)
     expected = len(category.get("keypoints") or [])
     if expected and len(kps) != 3 * expected:
@@ -283,7 +300,7 @@ def _check_segmentation(
                 raise CorruptAnnotation(
                     path, "segmentation polygon needs an even number (>= 6) of coordinates", item
                 )
-            if not all(_is_number(v) and math.isfinite(v) for v in polygon):
+            if not _finite_numbers(polygon):
                 raise CorruptAnnotation(path, "segmentation polygon must hold finite numbers only", item)
     elif isinstance(segm, dict):
         if "size" not in segm or "counts" not in segm:

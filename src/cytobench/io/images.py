@@ -26,10 +26,9 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 
 from cytobench.errors import BadInputError, UnreadableImage
 from cytobench.io.axes import select_planes
@@ -39,6 +38,9 @@ from cytobench.io.intensity import (
     scale_to_unit,
     scale_to_unit_robust,
 )
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made: `cytobench eval` never needs it
+    import torch
 
 __all__ = [
     "MAX_INCH_PIXEL_UM",
@@ -156,6 +158,8 @@ def read_image(
 
 def read_image_tensor(path: str | Path, *, bit_depth: int | None = None) -> torch.Tensor:
     """Read an image as a float32 tensor ``(C, H, W)`` in [0, 1] (see :func:`read_image`)."""
+    import torch
+
     array = read_image(path, bit_depth=bit_depth).array
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
