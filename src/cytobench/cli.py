@@ -261,6 +261,27 @@ def _cmd_simulate_fish(args: argparse.Namespace) -> None:
     print(f"simulated {args.n} interphase-FISH images into {args.out} ({out})")
 
 
+def _cmd_simulate_brightfield(args: argparse.Namespace) -> None:
+    check_simulate_args(args)
+    from cytobench.simulate.brightfield import simulate_brightfield
+
+    size = args.size[0] if len(args.size) == 1 else tuple(args.size)
+    try:
+        if len(args.size) > 2:
+            raise ValueError(f"--size takes one value (square) or two (W H), got {len(args.size)}")
+        out = simulate_brightfield(
+            args.n,
+            args.out,
+            size=size,
+            seed=args.seed,
+            overlap_fraction=args.overlap_fraction,
+            val_fraction=args.val_fraction,
+        )
+    except (ValueError, OSError) as err:  # bad argument or unwritable --out: one line, no traceback
+        raise CytobenchError(f"simulate brightfield: {err}") from None
+    print(f"simulated {args.n} brightfield samples into {args.out} ({out})")
+
+
 # ------------------------------------------------------------------------------------------------ fish
 def _cmd_fish_analyze(args: argparse.Namespace) -> None:
     from cytobench.fish.command import find_fish_images, run_analyze
@@ -429,6 +450,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fsim.set_defaults(func=_cmd_simulate_fish)
 
+    bsim = sim_sub.add_parser(
+        "brightfield",
+        help="adherent cells in two brightfield focal planes + phase contrast, with amodal masks, nuclei, "
+        "semantic and overlap maps (SEU-Net thesis)",
+    )
+    bsim.add_argument("--n", type=int, required=True, help="number of samples")
+    bsim.add_argument("--size", type=int, nargs="+", default=[1080], metavar="PX", help="S (square) or W H")
+    bsim.add_argument("--seed", type=int, default=0)
+    bsim.add_argument(
+        "--overlap-fraction",
+        type=float,
+        default=0.3,
+        help="fraction of cells overlapping another cell, in [0, 1] (mean over images)",
+    )
+    bsim.add_argument("--val-fraction", type=float, help="write train.json + val.json (last images = val)")
+    bsim.add_argument("--out", required=True)
+    bsim.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a dataset already in --out (its json and the images it writes)",
+    )
+    bsim.set_defaults(func=_cmd_simulate_brightfield)
+
     from cytobench.fish.command import add_analyze_arguments
 
     fish = sub.add_parser("fish", help="interphase-FISH analysis: nuclei, signal counts, mosaicism")
@@ -436,6 +480,10 @@ def build_parser() -> argparse.ArgumentParser:
     fish_an = fish_sub.add_parser("analyze", help="segment nuclei, count red/green signals, report mosaicism")
     add_analyze_arguments(fish_an)
     fish_an.set_defaults(func=_cmd_fish_analyze)
+
+    from cytobench.synth.command import add_synth_commands
+
+    add_synth_commands(sub)  # synth pix2pix-train | make | fid (handlers in cytobench/synth/command.py)
 
     rep = sub.add_parser("reproduce", help="print a paper's table beside ours (e.g. qd/table1)")
     rep.add_argument("name", help="which table, e.g. qd/table1")

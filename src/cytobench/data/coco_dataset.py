@@ -22,6 +22,7 @@ always did. The rules (semantic painting order and border class, amodal fallback
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cytobench.data.rasterize import amodal_mask, compute_map, read_map, semantic_map, stack_masks
+from cytobench.data.rasterize import (
+    MapContext,
+    amodal_mask,
+    compute_map,
+    read_map,
+    semantic_map,
+    stack_masks,
+)
 from cytobench.data.transforms import A, apply_transforms, derive_seed
 from cytobench.errors import BadInputError, CorruptAnnotation
 from cytobench.io.coco import load_coco
@@ -75,7 +83,13 @@ class CocoDetectionDataset(Dataset):
             falling back to the visible mask.
         amodal_field: annotation key of the amodal segmentation (polygons or RLE).
         maps: named per-pixel maps to add, each (H, W): from the image's ``maps`` file when it names one,
-            else computed (:data:`~cytobench.data.rasterize.COMPUTED_MAPS`: ``overlap``).
+            else computed (:data:`~cytobench.data.rasterize.COMPUTED_MAPS`: ``overlap``,
+            ``overlap_attention``, ``overlap_attention_v0`` ... ``_v4``).
+        cache_computed_maps: keep each computed map in memory, keyed by (item index, map name), so it is
+            computed once per item and reused in later epochs (it does not depend on the epoch: maps are
+            computed before augmentation). The cache lives in the process that reads the item: with
+            DataLoader workers it lasts as long as the workers do (``persistent_workers``). Costs
+            ``H * W * 4`` bytes per float map and item; False recomputes every time.
         planes: indices into each image's ``planes`` list to stack, in this order (an image without
             ``planes`` has the one plane ``file_name``); None = all planes.
     """
@@ -97,6 +111,7 @@ class CocoDetectionDataset(Dataset):
         amodal_field: str = "amodal_segmentation",
         maps: Sequence[str] = (),
         planes: Sequence[int] | None = None,
+        cache_computed_maps: bool = True,
     ) -> None:
         self.root = Path(root)
         self.ann_file = Path(ann_file)
@@ -135,6 +150,8 @@ class CocoDetectionDataset(Dataset):
                     self.ann_file, f"map name '{name}' is reserved (use with_semantic for 'semantic')"
                 )
         self.planes = None if planes is None else [int(i) for i in planes]
+        self.cache_computed_maps = bool(cache_computed_maps)
+        self._map_cache: dict[tuple[int, str], np.ndarray] = {}  # (index, name) -> read-only computed map
 
     def _labels_of(self, names: Sequence[str] | None, option: str) -> list[int] | None:
         """Labels of category ``names`` (None stays None); an unknown name is an error naming ``option``."""
@@ -249,6 +266,9 @@ class CocoDetectionDataset(Dataset):
         }
         semantic_file = self._map_file(info, "semantic", labels=True) if self.with_semantic else None
         map_files = {name: self._map_file(info, name) for name in self.maps}
+        for name, array in map_files.items():
+            if array is None:
+                map_files[name] = self._map_cache.get((index, name))
         need_amodal = self.with_amodal_masks or any(a is None for a in map_files.values())
         need_visible = self.with_masks or need_amodal or (self.with_semantic and semantic_file is None)
         visible = (
@@ -285,9 +305,7 @@ class CocoDetectionDataset(Dataset):
             )
         for name, array in map_files.items():
             if array is None:
-                array = compute_map(
-                    name, amodal, labels, height, width, path=self.ann_file, item=f"image {info['id']}"
-                )
+                array = self._compute_map(index, name, amodal, labels, info)
             target[name] = array
         pixel_size = info.get("pixel_size_um", image_data.pixel_size_um)
         if isinstance(pixel_size, int | float):
@@ -300,6 +318,27 @@ class CocoDetectionDataset(Dataset):
         if plane_files is not None:
             target["meta"]["planes"] = plane_files
         return image, target
+
+    def _compute_map(
+        self, index: int, name: str, amodal: np.ndarray | None, labels: np.ndarray, info: dict[str, Any]
+    ) -> np.ndarray:
+        """Computed map ``name`` of item ``index``, stored read-only in the cache when caching is on."""
+        context = MapContext(tuple(self.category_names), partial(self._map_file, info))
+        height, width = int(info["height"]), int(info["width"])
+        array = compute_map(
+            name,
+            amodal,
+            labels,
+            height,
+            width,
+            path=self.ann_file,
+            item=f"image {info['id']}",
+            context=context,
+        )
+        if self.cache_computed_maps:
+            array.flags.writeable = False  # shared across epochs: an in-place edit must fail, not leak
+            self._map_cache[(index, name)] = array
+        return array
 
     def _semantic(
         self, visible: np.ndarray | None, labels: np.ndarray, height: int, width: int
@@ -367,4 +406,7 @@ def _map_tensor(array: np.ndarray) -> torch.Tensor:
         dtype = np.uint8
     else:
         dtype = np.int64
-    return torch.as_tensor(np.ascontiguousarray(array, dtype=dtype))
+    array = np.ascontiguousarray(array, dtype=dtype)
+    if not array.flags.writeable:  # a cached map: the tensor gets its own copy, never the cache's memory
+        array = array.copy()
+    return torch.as_tensor(array)

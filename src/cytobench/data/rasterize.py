@@ -14,7 +14,10 @@ Rules (used by :class:`~cytobench.data.coco_dataset.CocoDetectionDataset`):
   datasets); an annotation without that field falls back to its visible mask.
 * **Computed maps** (:data:`COMPUTED_MAPS`): ``overlap`` (uint8) is 1 where two or more amodal masks
   *of one category* cover a pixel (cells overlapping cells; a nucleus inside its cell is no overlap),
-  0 elsewhere.
+  0 elsewhere. ``overlap_attention_v0`` ... ``overlap_attention_v4`` (float32, ``overlap_attention`` =
+  v4) are SEU-Net's overlap probability maps (:mod:`cytobench.data.overlap_maps`) of the objects of
+  category ``cell`` (nuclei: category ``nucleus``; annotated overlap: the image's ``overlap`` map file,
+  else the cells' amodal overlap).
 * **Map files** (:func:`read_map`): a per-pixel map stored as a file is read *raw*, without the
   intensity scaling of images: a PNG / TIFF label image keeps its integer labels, a float TIFF or
   ``.npy`` keeps its values.
@@ -23,17 +26,21 @@ Rules (used by :class:`~cytobench.data.coco_dataset.CocoDetectionDataset`):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
+from cytobench.data.overlap_maps import VARIANTS as ATTENTION_VARIANTS
+from cytobench.data.overlap_maps import attention_map_of_objects
 from cytobench.errors import CorruptAnnotation, UnreadableImage
 from cytobench.io.coco_convert import annotation_to_mask
 
 __all__ = [
     "COMPUTED_MAPS",
+    "MapContext",
     "amodal_mask",
     "compute_map",
     "decode_segmentation",
@@ -185,8 +192,45 @@ def overlap_map(amodal_masks: np.ndarray, labels: np.ndarray, height: int, width
     return out.astype(np.uint8)
 
 
-COMPUTED_MAPS: dict[str, Callable[[np.ndarray, np.ndarray, int, int], np.ndarray]] = {"overlap": overlap_map}
-"""Maps computable from the objects: ``name -> f(amodal_masks (N, H, W), labels (N,), H, W) -> (H, W)``."""
+@dataclass(frozen=True)
+class MapContext:
+    """What a computed map may use besides the objects' masks and labels (most maps ignore it).
+
+    Attributes:
+        category_names: the data set's category names in label order (``category_names[label - 1]``).
+        read_file: ``name -> (H, W) array or None``: the image's own map file ``name`` read raw, None when
+            the image names none (e.g. an annotated ``overlap`` map).
+    """
+
+    category_names: tuple[str, ...] = ()
+    read_file: Callable[[str], np.ndarray | None] = lambda name: None
+
+
+ComputedMap = Callable[[np.ndarray, np.ndarray, int, int, MapContext], np.ndarray]
+
+
+def _attention(variant: str) -> ComputedMap:
+    """The computed map of attention ``variant``: cells / nuclei picked by category name."""
+
+    def compute(
+        masks: np.ndarray, labels: np.ndarray, height: int, width: int, context: MapContext
+    ) -> np.ndarray:
+        overlap = context.read_file("overlap") if variant in ("v2", "v3", "v4") else None
+        masks = masks.reshape(-1, height, width)
+        return attention_map_of_objects(
+            masks, labels, context.category_names, variant=variant, overlap=overlap
+        )
+
+    return compute
+
+
+COMPUTED_MAPS: dict[str, ComputedMap] = {
+    "overlap": lambda masks, labels, height, width, context: overlap_map(masks, labels, height, width),
+    # SEU-Net overlap attention maps (issue 14); "overlap_attention" is the thesis' final map (v4)
+    "overlap_attention": _attention("v4"),
+    **{f"overlap_attention_{variant}": _attention(variant) for variant in ATTENTION_VARIANTS},
+}
+"""Maps computable from the objects: ``name -> f(amodal_masks (N, H, W), labels (N,), H, W, context) -> (H, W)``."""
 
 
 def compute_map(
@@ -198,11 +242,13 @@ def compute_map(
     *,
     path: str | Path,
     item: str,
+    context: MapContext | None = None,
 ) -> np.ndarray:
     """Map ``name`` of :data:`COMPUTED_MAPS` from ``(N, H, W)`` amodal masks and ``(N,)`` labels.
 
     Raises:
-        CorruptAnnotation: ``name`` is not computable (the image ``item`` of ``path`` had to name a file).
+        CorruptAnnotation: ``name`` is not computable (the image ``item`` of ``path`` had to name a file),
+            or the data cannot give it (e.g. an attention map without a ``cell`` category).
     """
     if name not in COMPUTED_MAPS:
         raise CorruptAnnotation(
@@ -212,7 +258,10 @@ def compute_map(
             item,
         )
     masks = amodal_masks if amodal_masks is not None else stack_masks([], height, width)
-    return COMPUTED_MAPS[name](masks, labels, height, width)
+    try:
+        return COMPUTED_MAPS[name](masks, labels, height, width, context or MapContext())
+    except ValueError as err:  # the map's own check of what the data holds
+        raise CorruptAnnotation(path, f"cannot compute map '{name}': {err}", item) from None
 
 
 def stack_masks(masks: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
