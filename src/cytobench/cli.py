@@ -130,6 +130,9 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     index_path = Path(args.out).with_suffix(".images.json")
     for path in (args.out, index_path):
         check_output_file(path, args.overwrite)
+    maps_dir = Path(args.out).with_suffix(".maps")  # dense models (SEU-Net, tiny_segnet): PNGs + maps.json
+    if maps_dir.exists() and any(maps_dir.iterdir()) and not args.overwrite:
+        raise BadInputError(maps_dir, "already exists and is not empty (give --overwrite to replace its maps)")
     check_input_file(args.checkpoint, "checkpoint")
     images = list_images(args.images)
     gt = load_coco(args.gt) if args.gt else None
@@ -152,12 +155,15 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         tile_overlap=args.tile_overlap,
         scale=args.scale,
         trust=args.trust_checkpoint,
+        maps_folder=maps_dir,
     )
     if gt is not None:
         check_against_ground_truth(args.gt, gt, dataset)
     save_coco_results(args.out, results)
     save_coco(index_path, dataset)
     print(f"wrote {len(results)} detections on {len(images)} images to {args.out} (image ids: {index_path})")
+    if (maps_dir / "maps.json").exists():
+        print(f"wrote dense maps (PNG per image and head, RLE masks in maps.json) to {maps_dir}")
 
 
 # -------------------------------------------------------------------------------------------- simulate

@@ -20,10 +20,12 @@ from cytobench.data.collate import detection_collate
 from cytobench.data.image_list import ImageListDataset
 from cytobench.engine.distributed import local_device
 from cytobench.engine.inference import inference_on_dataset
+from cytobench.engine.predict_maps import DenseMapWriter
 from cytobench.errors import BadInputError
-from cytobench.evaluation.base import Evaluator
+from cytobench.evaluation.base import Evaluator, EvaluatorList
 from cytobench.io.checkpoint import UnsafeCheckpointError, load_checkpoint
 from cytobench.io.coco_convert import image_size, prediction_to_coco, to_numpy
+from cytobench.io.files import write_json_atomic
 from cytobench.models.yolo import is_yolo_checkpoint
 
 __all__ = ["CocoResultsWriter", "load_model_from_checkpoint", "predict_images"]
@@ -122,6 +124,7 @@ def predict_images(
     tile_overlap: int | None = None,
     scale: float = 1.0,
     trust: bool = False,
+    maps_folder: str | Path | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Predict on ``images``; returns (COCO results, COCO dataset dict listing the images and categories).
 
@@ -138,12 +141,23 @@ def predict_images(
         scale: resize factor applied before inference, e.g. training pixel size / these images' pixel
             size (results are in the images' own pixels).
         trust: load a pickled ultralytics ``.pt`` (see :func:`load_model_from_checkpoint`).
+        maps_folder: where dense predictions (``maps`` / ``semantic``) go: PNGs and ``maps.json`` with
+            an RLE mask per image and head (:class:`~cytobench.engine.predict_maps.DenseMapWriter`);
+            None: not written.
+
+    A model that slides its own windows (``model.tiles_itself``, e.g. SEU-Net) is not tiled around;
+    ``tile`` / ``tile_overlap`` then set its own window and overlap.
     """
     from cytobench.engine.tiling import TiledPredictor, training_image_size
 
     dev = local_device(device)
     model, info = load_model_from_checkpoint(checkpoint, dev, trust=trust)
     window = training_image_size(info.get("data_config")) if tile is None else int(tile)
+    if getattr(model, "tiles_itself", False):
+        if tile is not None:
+            model.window = int(tile) or None
+            model.window_overlap = int(tile) // 2 if tile_overlap is None else int(tile_overlap)
+        window = 0
     try:
         tiler = TiledPredictor(model, window, tile_overlap, scale)
     except ValueError as err:
@@ -151,5 +165,10 @@ def predict_images(
     dataset = ImageListDataset(images, image_ids)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=detection_collate)
     writer = CocoResultsWriter(info["label_to_cat_id"], info["categories"])
-    inference_on_dataset(model, loader, writer, dev, predict=tiler)
+    evaluators: list[Evaluator] = [writer]
+    if maps_folder is not None:
+        evaluators.append(DenseMapWriter(maps_folder, getattr(model, "map_thresholds", None)))
+    inference_on_dataset(model, loader, EvaluatorList(evaluators), dev, predict=tiler)
+    if maps_folder is not None and evaluators[1].records:
+        write_json_atomic(Path(maps_folder) / "maps.json", evaluators[1].records)
     return writer.results, writer.dataset()

@@ -7,7 +7,7 @@ training size, each window predicted, and the windows' objects merged back in th
 Merging keeps an object only in the window whose *core* holds its centre (mask centroid, else box
 centre); cores tile the image exactly, ending halfway through each overlap, so an object cut by one
 window's edge is kept whole from its neighbour and no object is counted twice, without NMS across
-windows. Dense ``semantic`` probabilities are pasted core by core.
+windows. Dense ``semantic`` probabilities and per-head ``maps`` are pasted core by core.
 
 Used by :func:`cytobench.engine.inference.inference_on_dataset` (its ``predict`` argument),
 ``cytobench predict`` and ``cytobench fish analyze``.
@@ -124,20 +124,28 @@ class TiledPredictor:
             preds += self.model(crops[start : start + self.batch_size])
         parts: dict[str, list[torch.Tensor]] = {}
         semantic = None
+        maps: dict[str, torch.Tensor] = {}
         for ((y0, y1, x0, x1), core), pred in zip(windows, preds):
             keep = _in_core(pred, core, (y0, x0))
             for key, value in pred.items():
                 if key == "semantic":
                     semantic = _paste_core(semantic, value, (y0, x0), core, (h, w))
+                elif key == "maps":  # per-head (h, w) probability maps: pasted like the semantic classes
+                    for head, prob in value.items():
+                        maps[head] = _paste_core(maps.get(head), prob[None], (y0, x0), core, (h, w))
                 elif isinstance(value, torch.Tensor) and value.ndim >= 1 and len(value) == len(keep):
                     parts.setdefault(key, []).append(_shift(key, value[keep], (y0, y1, x0, x1), (h, w)))
         if not parts:  # no window had objects: an empty prediction of the first window's shape
             parts = {
-                k: [_shift(k, v[:0], windows[0][0], (h, w))] for k, v in preds[0].items() if k != "semantic"
+                k: [_shift(k, v[:0], windows[0][0], (h, w))]
+                for k, v in preds[0].items()
+                if k not in ("semantic", "maps")
             }
         out: dict[str, Any] = {key: torch.cat(values) for key, values in parts.items()}
         if semantic is not None:
             out["semantic"] = semantic
+        if maps:
+            out["maps"] = {head: canvas[0] for head, canvas in maps.items()}
         return out
 
 
@@ -231,4 +239,11 @@ def _rescale(pred: dict[str, Any], scale: float, size: tuple[int, int]) -> dict[
         out["semantic"] = F.interpolate(
             out["semantic"][None].float(), size=size, mode="bilinear", align_corners=False
         )[0]
+    if "maps" in out:
+        out["maps"] = {
+            head: F.interpolate(prob[None, None].float(), size=size, mode="bilinear", align_corners=False)[
+                0, 0
+            ]
+            for head, prob in out["maps"].items()
+        }
     return out

@@ -44,7 +44,13 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from cytobench.errors import BadInputError, CytobenchError
-from cytobench.models.seunet.heads import HEAD_NAMES, check_heads, decoder_groups, head_target
+from cytobench.models.seunet.heads import (
+    HEAD_NAMES,
+    INFERENCE_THRESHOLDS,
+    check_heads,
+    decoder_groups,
+    head_target,
+)
 from cytobench.models.seunet.losses import OverlapLossConfig, head_losses
 from cytobench.models.seunet.network import SEUNetDecoder, SEUNetEncoder, level_masks
 from cytobench.models.seunet.sliding import sliding_window_inference
@@ -54,6 +60,9 @@ __all__ = ["SEUNet"]
 
 class SEUNet(nn.Module):
     """Squeeze-and-excitation U-Net with binary heads (see the module docstring for the contract).
+
+    ``tiles_itself``: the model slides its own windows over large images (``window``), so
+    ``cytobench predict`` does not tile around it; ``map_thresholds`` are the heads' thesis thresholds.
 
     Args:
         in_channels: image channels (planes; 2 = the two brightfield focal planes).
@@ -71,6 +80,8 @@ class SEUNet(nn.Module):
         image_mean / image_std: per-channel normalisation; None standardises each image on its own.
         ignore_index: ``semantic`` value left out of the loss.
     """
+
+    tiles_itself = True
 
     def __init__(
         self,
@@ -130,6 +141,7 @@ class SEUNet(nn.Module):
         )
         produced = [head for group in self.groups for head in group]  # decoder outputs, concatenated
         self.head_channels = [produced.index(head) for head in self.heads]
+        self.map_thresholds = {head: INFERENCE_THRESHOLDS.get(head, 0.5) for head in self.heads}
         for name, stats in (("image_mean", image_mean), ("image_std", image_std)):
             value = (
                 None if stats is None else torch.as_tensor(list(stats), dtype=torch.float32).view(-1, 1, 1)
