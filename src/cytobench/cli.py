@@ -132,9 +132,15 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         check_output_file(path, args.overwrite)
     maps_dir = Path(args.out).with_suffix(".maps")  # dense models (SEU-Net, tiny_segnet): PNGs + maps.json
     if maps_dir.exists() and any(maps_dir.iterdir()) and not args.overwrite:
-        raise BadInputError(maps_dir, "already exists and is not empty (give --overwrite to replace its maps)")
+        raise BadInputError(
+            maps_dir, "already exists and is not empty (give --overwrite to replace its maps)"
+        )
     check_input_file(args.checkpoint, "checkpoint")
     images = list_images(args.images)
+    if args.planes:  # one file per plane: a sample is named by its first plane
+        images = [p for p in images if p.stem.endswith(args.planes[0])]
+        if not images:
+            raise BadInputError(args.images[0], f"no image whose name ends in {args.planes[0]!r} (--planes)")
     gt = load_coco(args.gt) if args.gt else None
     image_ids = None
     if gt is not None:  # number the images as the ground truth does, so `cytobench eval` can score the output
@@ -156,6 +162,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         scale=args.scale,
         trust=args.trust_checkpoint,
         maps_folder=maps_dir,
+        plane_suffixes=args.planes,
     )
     if gt is not None:
         check_against_ground_truth(args.gt, gt, dataset)
@@ -348,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="run a trained checkpoint on images; writes COCO results json")
     pr.add_argument("--checkpoint", required=True)
+    pr.add_argument(
+        "--planes",
+        nargs="+",
+        metavar="SUFFIX",
+        help="samples stored as one file per plane, stacked as channels in this order, e.g. "
+        "`--planes _bf_lower _bf_upper` for SEU-Net's two focal planes (x_bf_lower.png + x_bf_upper.png)",
+    )
     pr.add_argument("--trust-checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
     pr.add_argument("--images", required=True, nargs="+", help="image files and/or folders")
     pr.add_argument("--out", required=True, help="results json to write")

@@ -67,3 +67,28 @@ def test_semantic_predictions_become_class_masks(tmp_path: Path) -> None:
     heads = {r["head"]: mask_utils.decode(r["segmentation"]) for r in writer.records}
     assert set(heads) == {"class_1", "class_2"}
     assert heads["class_1"].sum() == 0 and heads["class_2"][:2].all() and heads["class_2"][2:].sum() == 0
+
+
+def test_image_list_stacks_plane_files(tmp_path: Path) -> None:
+    import pytest
+
+    from cytobench.data.image_list import ImageListDataset
+    from cytobench.errors import BadInputError
+    from cytobench.io.images import write_image
+
+    lower, upper = np.full((5, 7), 10, np.uint8), np.full((5, 7), 200, np.uint8)
+    write_image(tmp_path / "s1_bf_lower.png", lower)
+    write_image(tmp_path / "s1_bf_upper.png", upper)
+    image, target = ImageListDataset(
+        [tmp_path / "s1_bf_lower.png"], plane_suffixes=["_bf_lower", "_bf_upper"]
+    )[0]
+    assert image.shape == (2, 5, 7) and target["meta"]["file_name"] == "s1_bf_lower.png"
+    assert torch.allclose(image[0], torch.tensor(10 / 255)) and torch.allclose(
+        image[1], torch.tensor(200 / 255)
+    )
+    write_image(tmp_path / "s2_bf_lower.png", lower)
+    write_image(tmp_path / "s2_bf_upper.png", upper[:4])
+    with pytest.raises(BadInputError, match="differs"):
+        ImageListDataset([tmp_path / "s2_bf_lower.png"], plane_suffixes=["_bf_lower", "_bf_upper"])[0]
+    with pytest.raises(BadInputError, match="not found"):
+        ImageListDataset([tmp_path / "s1_bf_lower.png"], plane_suffixes=["_bf_lower", "_phase"])[0]

@@ -125,6 +125,7 @@ def predict_images(
     scale: float = 1.0,
     trust: bool = False,
     maps_folder: str | Path | None = None,
+    plane_suffixes: Sequence[str] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Predict on ``images``; returns (COCO results, COCO dataset dict listing the images and categories).
 
@@ -144,6 +145,8 @@ def predict_images(
         maps_folder: where dense predictions (``maps`` / ``semantic``) go: PNGs and ``maps.json`` with
             an RLE mask per image and head (:class:`~cytobench.engine.predict_maps.DenseMapWriter`);
             None: not written.
+        plane_suffixes: samples stored as one file per plane (see
+            :class:`~cytobench.data.image_list.ImageListDataset`); ``images`` are then the first planes.
 
     A model that slides its own windows (``model.tiles_itself``, e.g. SEU-Net) is not tiled around;
     ``tile`` / ``tile_overlap`` then set its own window and overlap.
@@ -162,7 +165,7 @@ def predict_images(
         tiler = TiledPredictor(model, window, tile_overlap, scale)
     except ValueError as err:
         raise BadInputError("predict", f"{err} (the overlap must be smaller than the window)") from None
-    dataset = ImageListDataset(images, image_ids)
+    dataset = ImageListDataset(images, image_ids, plane_suffixes=plane_suffixes)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=detection_collate)
     writer = CocoResultsWriter(info["label_to_cat_id"], info["categories"])
     evaluators: list[Evaluator] = [writer]
