@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cytobench.errors import CytobenchError
+from cytobench.models.image_norm import standardize
 
 __all__ = ["TinySegNet", "build_tiny_segnet"]
 
@@ -89,12 +90,7 @@ class TinySegNet(nn.Module):
             raise ValueError(
                 f"TinySegNet expects ({self.in_channels}, H, W) images, got {tuple(image.shape)}"
             )
-        image = image.float()
-        if self.image_mean is not None and self.image_std is not None:
-            return (image - self.image_mean) / self.image_std
-        mean = image.mean(dim=(1, 2), keepdim=True)
-        std = image.std(dim=(1, 2), keepdim=True) if image[0].numel() > 1 else torch.ones_like(mean)
-        return (image - mean) / (std + 1e-3)
+        return standardize(image, self.image_mean, self.image_std)
 
     def logits(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
         """(B, C, Hmax, Wmax) class logits of the zero-padded batch.

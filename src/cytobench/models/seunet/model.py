@@ -44,6 +44,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from cytobench.errors import BadInputError, CytobenchError
+from cytobench.models.image_norm import standardize
 from cytobench.models.seunet.heads import (
     HEAD_NAMES,
     INFERENCE_THRESHOLDS,
@@ -160,12 +161,7 @@ class SEUNet(nn.Module):
                 f"SEU-Net expects ({self.in_channels}, H, W) images (model.in_channels; the data config selects "
                 f"the planes), got {tuple(image.shape)}"
             )
-        image = image.float()
-        if self.image_mean is not None and self.image_std is not None:
-            return (image - self.image_mean) / self.image_std
-        mean = image.mean(dim=(1, 2), keepdim=True)
-        std = image.std(dim=(1, 2), keepdim=True) if image[0].numel() > 1 else torch.ones_like(mean)
-        return (image - mean) / (std + 1e-3)
+        return standardize(image, self.image_mean, self.image_std)
 
     def padded_logits(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) normalised batch, (B, 1, H, W) valid mask -> (B, heads, H, W) logits in head order.
