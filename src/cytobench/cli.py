@@ -248,14 +248,19 @@ def _cmd_simulate_metaphase(args: argparse.Namespace) -> None:
     print(f"simulated {args.n} metaphase spreads into {args.out} ({out})")
 
 
+def _size_arg(values: Sequence[int]) -> int | tuple[int, ...]:
+    """``--size S`` (square) or ``--size W H``."""
+    if len(values) > 2:
+        raise ValueError(f"--size takes one value (square) or two (W H), got {len(values)}")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
 def _cmd_simulate_fish(args: argparse.Namespace) -> None:
     check_simulate_args(args)
     from cytobench.simulate.fish import parse_mix, simulate_fish
 
-    size = args.size[0] if len(args.size) == 1 else tuple(args.size)
     try:
-        if len(args.size) > 2:
-            raise ValueError(f"--size takes one value (square) or two (W H), got {len(args.size)}")
+        size = _size_arg(args.size)
         parsed = [parse_mix(text) for text in args.mix or []]
         samples = {name or f"S{k + 1}": mix for k, (name, mix) in enumerate(parsed)} or None
         if samples is not None and len(samples) != len(parsed):
@@ -278,10 +283,8 @@ def _cmd_simulate_brightfield(args: argparse.Namespace) -> None:
     check_simulate_args(args)
     from cytobench.simulate.brightfield import simulate_brightfield
 
-    size = args.size[0] if len(args.size) == 1 else tuple(args.size)
     try:
-        if len(args.size) > 2:
-            raise ValueError(f"--size takes one value (square) or two (W H), got {len(args.size)}")
+        size = _size_arg(args.size)
         out = simulate_brightfield(
             args.n,
             args.out,
