@@ -215,6 +215,25 @@ KEY_VALUES = {
         "trainer.max_epochs": 300,
         "trainer.early_stopping.patience": 50,
     },
+    "seunet": {
+        "model.heads": ["cytoplasm", "nuclei", "border", "background"],
+        "model.decoder": "decoupled",
+        "model.window": 512,
+        "data.crop": 512,
+        "data.batch_size": 4,
+        "trainer.max_epochs": 1000,
+        "trainer.optimizer.lr": 1e-5,
+        "trainer.monitor": "pix/cytoplasm_f1",
+    },
+    "seunet_cpu": {"data.size": 256, "data.crop": 192, "model.width": 8, "trainer.max_epochs": 60},
+    "seunet_smoke": {
+        "model.heads": ["cytoplasm", "nuclei", "border", "background", "overlap"],
+        "model.attention_key": "overlap_attention_v4",
+        "data.size": 160,
+        "trainer.max_epochs": 2,
+    },
+    "seunet_overlap": {"model.heads": ["cytoplasm", "overlap"], "trainer.monitor": "pix/overlap_f1"},
+    "seunet_synthetic": {"data.train_set": "synthetic", "model.overlap_loss": "bce"},
     "faster_rcnn": {"trainer.max_epochs": 24, "trainer.scheduler.milestones": [16, 22]},
     "faster_rcnn_demo": {"data.n_images": 96, "trainer.max_epochs": 8, "trainer.scheduler.milestones": [6]},
     "faster_rcnn_smoke": {"data.n_images": 8, "data.size": 64, "trainer.max_epochs": 2},
@@ -227,6 +246,9 @@ SAME_AS: list[tuple[str, list[str], dict[str, set[str] | None]]] = [
     ("deepace_ablation_wcr", ["experiment=deepace_ablation", "scale=cpu_wcr"], {"task_name": None}),
     ("qd_demo", ["experiment=qd", "scale=demo"], {"task_name": None}),
     ("fish_cpu", ["experiment=fish_yolov8seg", "scale=cpu"], {"task_name": None}),
+    ("seunet_cpu", ["experiment=seunet", "scale=cpu"], {"task_name": None}),
+    # the Tables 5.1 / 5.2 sweep: seunet_cpu's 4-head run, swept over heads and seeds
+    ("seunet_heads", ["experiment=seunet_cpu"], {"task_name": None}),
     # the baseline: deepace_cpu's data and schedule with the modules off (template_feature_grad: the
     # model default, unused without the Template Module)
     (

@@ -2,7 +2,8 @@
 
 Evaluators: :class:`CocoEvaluator` (``coco/...``), :class:`EnumerationEvaluator`
 (``enum/...``, DeepACEv2), :class:`LocalizationEvaluator` (``loc/...``, epsilon-distance
-point matching), :class:`PixelEvaluator` (``pix/...``); combine them with
+point matching), :class:`PixelEvaluator` (``pix/...``), :class:`HeadPixelEvaluator` (``pix/<head>_...``,
+one binary map per head: SEU-Net); combine them with
 :class:`EvaluatorList`.
 """
 
@@ -18,6 +19,7 @@ from cytobench.evaluation.enumeration import (
     match_detections,
     overlapping_subset,
 )
+from cytobench.evaluation.head_pixel import HeadPixelEvaluator
 from cytobench.evaluation.localization import (
     LocalizationEvaluator,
     localization_curve,
@@ -33,6 +35,7 @@ __all__ = [
     "EnumerationEvaluator",
     "Evaluator",
     "EvaluatorList",
+    "HeadPixelEvaluator",
     "LocalizationEvaluator",
     "PixelEvaluator",
     "accumulate_coco",

@@ -22,6 +22,7 @@ REPRODUCTIONS: dict[str, str] = {
     "deepace/table7": "cytobench.reproduce.deepace_tables:table7",
     "deepace/table10": "cytobench.reproduce.deepace_tables:table10",
     "fish/table1": "cytobench.reproduce.fish_table1:run",
+    **{f"brightfield/table5_{k}": f"cytobench.reproduce.brightfield_tables:table5_{k}" for k in range(1, 7)},
 }
 
 
