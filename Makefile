@@ -47,8 +47,10 @@ format: venv
 	$(BIN)/ruff check --fix src tests bench experiments train.py
 	$(BIN)/ruff format src tests bench experiments train.py
 
+## Every bench/bench_*.py in turn (about 13 min on 2 cores), then one summary table of their claims;
+## exits 1 if a bench failed. `make bench BENCH_ARGS="--only coco_eval eg_nms --out bench.md"`.
 bench: venv
-	for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache

@@ -5,7 +5,8 @@ has every switch off (the paper's Single1 network), DeepACEv2 adds HNAS, the Tem
 push losses) and TNRL (EG-NMS only acts at inference). Each timed step is forward + backward + SGD
 on the same simulated metaphase batch; the two models alternate step by step so that machine load
 hits both alike, and CPU time of this process is reported beside wall time (robust to other
-processes on the cores). Goal (issue 3): the added modules cost <= 15% of the step.
+processes on the cores). Goal (issue 3): the added modules cost <= 15% of the step, i.e. DeepACEv2's
+median CPU s/step <= 1.15x the baseline's (the summary row).
 
 Usage: ``python bench/bench_deepace_step.py [--size 512 384] [--backbone resnet18] [--steps 10] [--threads 2]``
 """
@@ -19,10 +20,14 @@ import time
 from pathlib import Path
 
 import torch
+from summary import HEADER, row  # bench/ is on sys.path when a bench runs as a script
 
 from cytobench.data import CocoDetectionDataset
 from cytobench.models.deepace import build_deepace
 from cytobench.simulate.metaphase import simulate_metaphase
+
+GOAL = 1.15  # DeepACEv2 CPU s/step over the Single1 baseline's, at most
+BASELINE, OURS = "Faster R-CNN (Single1)", "DeepACEv2 (HNAS+TM+TNRL)"
 
 
 def make_batch(size: tuple[int, int], n: int) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
@@ -53,12 +58,8 @@ def main() -> None:
         "anchor_sizes": [max(4, round(s * scale)) for s in (32, 64, 96, 128)],
     }
     models = {
-        "Faster R-CNN (Single1)": build_deepace(
-            **common, hnas=False, template=False, tnrl=False, postprocess="nms"
-        ),
-        "DeepACEv2 (HNAS+TM+TNRL)": build_deepace(
-            **common, hnas=True, template=True, tnrl=True, postprocess="eg"
-        ),
+        BASELINE: build_deepace(**common, hnas=False, template=False, tnrl=False, postprocess="nms"),
+        OURS: build_deepace(**common, hnas=True, template=True, tnrl=True, postprocess="eg"),
     }
     optimizers = {}
     for name, model in models.items():
@@ -91,10 +92,20 @@ def main() -> None:
     header = f"{'model':<28} {'wall s/step':>12} {'CPU s/step':>11} {'vs baseline (CPU)':>18}"
     print(header)
     print("-" * len(header))
-    base = statistics.median(cpu["Faster R-CNN (Single1)"])
+    base = statistics.median(cpu[BASELINE])
     for name in models:
         w, c = statistics.median(wall[name]), statistics.median(cpu[name])
         print(f"{name:<28} {w:>12.3f} {c:>11.3f} {c / base:>17.2f}x")
+    ours = statistics.median(cpu[OURS])
+    print(HEADER)
+    row(
+        f"DeepACEv2 training step, {args.batch} x {width}x{height}, CPU s/step (baseline: Single1 Faster R-CNN)",
+        round(ours, 3),
+        round(base, 3),
+        ours / base,
+        f"<= {GOAL:g}x (modules <= 15% of the step)",
+        ours / base <= GOAL,
+    )
 
 
 if __name__ == "__main__":

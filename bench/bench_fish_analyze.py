@@ -18,6 +18,10 @@ intervals of the plain and the confusion-corrected mosaicism estimates (otsu nuc
 a separate balanced simulated set of ``--calibration-images`` images with the same segmenter) contain the
 true mix (12 images per sample, trisomy-21 share drawn from 2-20 %, X-monosomy from 2-15 %).
 
+Summary rows (``make bench``): images/s of each segmenter's pipeline against the baseline's, and the
+intervals' coverage when measured. No throughput goal is stated for ``fish analyze`` (the measured numbers
+are in ``experiments/fish/README.md``), so the goal column says ``report`` and a row holds when it ran.
+
 Usage: ``python bench/bench_fish_analyze.py [--images 16] [--repeats 3] [--checkpoint CKPT] [--coverage-samples 12]``
 """
 
@@ -30,6 +34,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from summary import HEADER, row  # bench/ is on sys.path when a bench runs as a script
 
 from cytobench.fish.analyze import STAGES, analyze_images
 from cytobench.fish.calibrate import TruthSegmenter, calibrate_confusion
@@ -113,14 +118,16 @@ def main() -> None:
             from cytobench.fish.segmenters import YoloSegmenterAdapter
 
             segmenters.append(("yolo", YoloSegmenterAdapter(args.checkpoint)))
-        rows, base = [], None
+        rows, base, rates = [], None, {}
         for name, seg in segmenters:
             rate, per_stage = time_pipeline(seg, paths, work / name.split()[0], args.repeats)
             base = base or rate
+            rates[name] = rate
             rows.append((name, rate, *(1000.0 * per_stage[s] for s in STAGES), f"{rate / base:.2f}x"))
         header = ["pipeline", "images/s", *(f"{s} ms/img" for s in STAGES), "vs baseline"]
         print(f"fish analyze on {len(paths)} simulated 512 x 512 images (CPU, {os.cpu_count()} cores)")
         print(format_table(header, rows, digits=2))
+        table = []
         if args.coverage_samples > 0:
             table = coverage(
                 args.coverage_samples, work / "coverage", args.seed + 100, args.calibration_images
@@ -131,6 +138,26 @@ def main() -> None:
                 )
             )
     print(f"load average (1 min) during the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    print(HEADER)
+    for name, rate in list(rates.items())[1:]:
+        row(
+            f"fish analyze {name}, {len(paths)} images 512 px, images/s (baseline: truth nuclei)",
+            round(rate, 2),
+            round(base, 2),
+            rate / base,
+            "report",
+            True,
+        )
+    if table:
+        cover = {kind: (n, cov) for kind, n, cov, *_ in table}
+        row(
+            f"fish mosaicism 95% intervals, coverage of {cover['corrected'][0]} (baseline: plain Wilson)",
+            round(cover["corrected"][1], 3),
+            round(cover["plain"][1], 3),
+            cover["corrected"][1] / cover["plain"][1],
+            "report",
+            True,
+        )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ against plain ``YOLO(best.pt).predict`` on the same images with the same argumen
 A first, untimed plain training pays the one-time costs (imports, kernel set-up); then rounds
 alternate which path goes first and the table gives medians of wall and process-CPU seconds (CPU
 seconds are robust to other processes sharing the cores). The last epoch's training losses of both
-paths are printed: identical numbers show that both ran the same training.
+paths are printed: identical numbers show that both ran the same training. Summary rows (``make bench``):
+the training and the prediction wall-time ratios, adapter / plain, against the goal.
 
 Usage: ``python bench/bench_yolo_adapter.py [--epochs 3] [--n-images 24] [--size 512] [--imgsz 320]
 [--rounds 3] [--predict-repeats 7]``
@@ -41,6 +42,7 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from omegaconf import OmegaConf, open_dict  # noqa: E402
+from summary import HEADER, row  # noqa: E402  # bench/ is on sys.path when a bench runs as a script
 
 from cytobench.engine.ultralytics_run import coco_splits, export_yolo_dataset, train_arguments  # noqa: E402
 from cytobench.io.coco import load_coco  # noqa: E402
@@ -55,6 +57,7 @@ from cytobench.reporting.tables import format_table  # noqa: E402
 from cytobench.train import prepare_data, run  # noqa: E402
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+GOAL = 1.05  # adapter wall time / plain ultralytics wall time, at most
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
@@ -190,6 +193,16 @@ def main() -> None:
     print(format_table(header, table, digits=3))
     print(f"\nlast-epoch train/seg_loss, plain: {losses['plain']}  adapter: {losses['adapter']}")
     print(f"medians of {args.rounds} rounds (training) and {args.predict_repeats} repeats (prediction)")
+    print(HEADER)
+    for (measure, plain, ours, _extra, ratio, _cpu), what in zip(table[:2], ("training", "prediction")):
+        row(
+            f"YOLO adapter {what}: {measure}, wall s (baseline: plain ultralytics)",
+            round(ours, 2),
+            round(plain, 2),
+            ratio,
+            f"<= {GOAL:g}x",
+            ratio <= GOAL,
+        )
 
 
 if __name__ == "__main__":
