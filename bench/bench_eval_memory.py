@@ -27,7 +27,7 @@ import sys
 import time
 
 import torch
-from summary import HEADER  # bench/ is on sys.path when a bench runs as a script
+from summary import HEADER, row  # bench/ is on sys.path when a bench runs as a script
 from torch.utils.data import DataLoader, Dataset
 
 
@@ -154,13 +154,15 @@ def main() -> None:
     )
     print("| loop | images | peak RSS (MiB) | seconds | segm AP50 |")
     print("|---|---|---|---|---|")
-    for name, k, row in (
+    for name, k, result in (
         ("gather (baseline)", args.baseline_n[0], small),
         ("gather (baseline)", args.baseline_n[1], large),
         ("streaming", args.n_small, streaming_small),
         ("streaming", args.n, streaming),
     ):
-        print(f"| {name} | {k} | {row['peak_mib']:.0f} | {row['seconds']:.1f} | {row['segm_AP50']:.4f} |")
+        print(
+            f"| {name} | {k} | {result['peak_mib']:.0f} | {result['seconds']:.1f} | {result['segm_AP50']:.4f} |"
+        )
     print(
         f"| gather (baseline), extrapolated at {slope:.0f} MiB / image | {args.n} | {extrapolated:.0f} | | |"
     )
