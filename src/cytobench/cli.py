@@ -1,4 +1,4 @@
-"""``cytobench`` command line: train, eval, predict, simulate, reproduce, export.
+"""``cytobench`` command line: train, eval, predict, simulate, reproduce, export, import.
 
 Every command reads and writes COCO json so that any model or external tool can be scored.
 Bad input stops with one line naming the file, the item and the fault (exit code 2).
@@ -298,6 +298,25 @@ def _cmd_simulate_brightfield(args: argparse.Namespace) -> None:
     print(f"simulated {args.n} brightfield samples into {args.out} ({out})")
 
 
+def _cmd_simulate_karyogram(args: argparse.Namespace) -> None:
+    check_simulate_args(args)
+    from cytobench.simulate.karyogram import simulate_karyogram
+
+    try:
+        out = simulate_karyogram(
+            args.n,
+            args.out,
+            size=_size_arg(args.size),
+            seed=args.seed,
+            n_chromosomes=_parse_counts(args.n_chromosomes),
+            scale=args.scale,
+            val_fraction=args.val_fraction,
+        )
+    except (ValueError, OSError) as err:  # bad argument or unwritable --out: one line, no traceback
+        raise CytobenchError(f"simulate karyogram: {err}") from None
+    print(f"simulated {args.n} karyograms into {args.out} ({out})")
+
+
 # ------------------------------------------------------------------------------------------------ fish
 def _cmd_fish_analyze(args: argparse.Namespace) -> None:
     from cytobench.fish.command import find_fish_images, run_analyze
@@ -327,6 +346,39 @@ def _cmd_export_yolo(args: argparse.Namespace) -> None:
     check_images_of(args.gt, args.images)  # all there before anything is written
     mapping = export_yolo(args.gt, args.images, args.out, split=args.split, task=args.task)
     print(f"exported {args.gt} to YOLO format in {args.out} (class ids: {mapping})")
+
+
+def _import_class_names(args: argparse.Namespace) -> list[str] | None:
+    """``--classes a,b,...`` / ``--classes karyotype`` / ``--classes-file F`` of ``import``; None if neither."""
+    from cytobench.io.voc import parse_class_names, read_class_names
+
+    if args.classes is not None:
+        return parse_class_names(args.classes)
+    if args.classes_file is not None:
+        return read_class_names(args.classes_file)
+    return None
+
+
+def _cmd_import(args: argparse.Namespace) -> None:
+    from cytobench.io.coco import save_coco
+
+    check_output_file(args.out, args.overwrite)  # refused before anything is read
+    if args.import_format == "voc":
+        from cytobench.io.voc import import_voc
+
+        data = import_voc(args.xml, args.images, _import_class_names(args), difficult=args.difficult)
+        source = args.xml
+    else:
+        from cytobench.io.yolo import import_yolo, read_yolo_names
+
+        names = read_yolo_names(args.data) if args.data else _import_class_names(args)
+        data = import_yolo(args.labels, args.images, names or [])
+        source = args.labels
+    save_coco(args.out, data)
+    print(
+        f"imported {len(data['images'])} images, {len(data['annotations'])} objects and "
+        f"{len(data['categories'])} categories from {source} into {args.out}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -496,6 +548,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bsim.set_defaults(func=_cmd_simulate_brightfield)
 
+    ksim = sim_sub.add_parser(
+        "karyogram",
+        help="G-banded karyograms: upright chromosomes in numbered homologous pairs, 24-class truth (KTH thesis)",
+    )
+    ksim.add_argument("--n", type=int, required=True, help="number of images")
+    ksim.add_argument(
+        "--size", type=int, nargs="+", default=[1024, 768], metavar="PX", help="S (square) or W H"
+    )
+    ksim.add_argument("--seed", type=int, default=0)
+    ksim.add_argument(
+        "--n-chromosomes",
+        default="46",
+        metavar="N|N=P,...",
+        help="per cell, e.g. 46 or 45=0.25,46=0.5,47=0.25",
+    )
+    ksim.add_argument(
+        "--scale", type=float, help="largest length of chromosome 1 in px (default: as the image allows)"
+    )
+    ksim.add_argument("--val-fraction", type=float, help="write train.json + val.json (last images = val)")
+    ksim.add_argument("--out", required=True)
+    ksim.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a dataset already in --out (its json and the images it writes)",
+    )
+    ksim.set_defaults(func=_cmd_simulate_karyogram)
+
     from cytobench.fish.command import add_analyze_arguments
 
     fish = sub.add_parser("fish", help="interphase-FISH analysis: nuclei, signal counts, mosaicism")
@@ -523,6 +602,43 @@ def build_parser() -> argparse.ArgumentParser:
     yolo.add_argument("--task", choices=("detect", "segment"), default="detect")
     yolo.add_argument("--overwrite", action="store_true", help="replace this split if --out already has it")
     yolo.set_defaults(func=_cmd_export_yolo)
+
+    im = sub.add_parser(
+        "import", help="convert labels of another format (PASCAL-VOC / LabelImg xml, YOLO) to COCO"
+    )
+    im_sub = im.add_subparsers(dest="import_format", required=True)
+    classes_help = (
+        "class names in category id order, comma-separated (e.g. 1,2,...,22,X,Y), or 'karyotype' for the 24 "
+        "chromosome classes 1..22, X, Y"
+    )
+    classes_file_help = "text file of class names, one per line (e.g. LabelImg's classes.txt)"
+    voc = im_sub.add_parser("voc", help="a folder of PASCAL-VOC / LabelImg xml files (boxes) -> COCO json")
+    voc.add_argument("--xml", required=True, help="folder of .xml files (one per image; subfolders included)")
+    voc.add_argument(
+        "--images", help="folder of the images (default: beside the xml files); sizes are checked"
+    )
+    voc_classes = voc.add_mutually_exclusive_group()
+    voc_classes.add_argument("--classes", help=f"{classes_help} (default: the names found, naturally sorted)")
+    voc_classes.add_argument("--classes-file", help=classes_file_help)
+    voc.add_argument(
+        "--difficult",
+        choices=("crowd", "keep", "skip"),
+        default="crowd",
+        help="objects marked difficult become iscrowd=1 (ignored by the evaluators), ordinary objects, or nothing",
+    )
+    voc.add_argument("--out", required=True, help="COCO json to write")
+    voc.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    voc.set_defaults(func=_cmd_import)
+    yimp = im_sub.add_parser("yolo", help="YOLO detect / segment label files -> COCO json")
+    yimp.add_argument("--labels", required=True, help="folder of .txt label files (e.g. labels/train)")
+    yimp.add_argument("--images", required=True, help="folder of the images they label (e.g. images/train)")
+    yimp_classes = yimp.add_mutually_exclusive_group(required=True)
+    yimp_classes.add_argument("--data", help="ultralytics data.yaml whose 'names' name the class ids")
+    yimp_classes.add_argument("--classes", help=f"{classes_help}; YOLO class k is the k-th name")
+    yimp_classes.add_argument("--classes-file", help=classes_file_help)
+    yimp.add_argument("--out", required=True, help="COCO json to write")
+    yimp.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    yimp.set_defaults(func=_cmd_import)
     return parser
 
 

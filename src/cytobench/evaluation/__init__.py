@@ -3,7 +3,8 @@
 Evaluators: :class:`CocoEvaluator` (``coco/...``), :class:`EnumerationEvaluator`
 (``enum/...``, DeepACEv2), :class:`LocalizationEvaluator` (``loc/...``, epsilon-distance
 point matching), :class:`PixelEvaluator` (``pix/...``), :class:`HeadPixelEvaluator` (``pix/<head>_...``,
-one binary map per head: SEU-Net); combine them with
+one binary map per head: SEU-Net), :class:`KaryotypeEvaluator` (``karyo/...``, 24 chromosome classes);
+combine them with
 :class:`EvaluatorList`.
 """
 
@@ -20,6 +21,7 @@ from cytobench.evaluation.enumeration import (
     overlapping_subset,
 )
 from cytobench.evaluation.head_pixel import HeadPixelEvaluator
+from cytobench.evaluation.karyotype import KaryotypeEvaluator, karyotype_metrics
 from cytobench.evaluation.localization import (
     LocalizationEvaluator,
     localization_curve,
@@ -36,6 +38,7 @@ __all__ = [
     "Evaluator",
     "EvaluatorList",
     "HeadPixelEvaluator",
+    "KaryotypeEvaluator",
     "LocalizationEvaluator",
     "PixelEvaluator",
     "accumulate_coco",
@@ -49,6 +52,7 @@ __all__ = [
     "confusion_matrix",
     "enumeration_metrics",
     "evaluate_coco",
+    "karyotype_metrics",
     "localization_curve",
     "localization_metrics",
     "localize_match",

@@ -46,6 +46,7 @@ __all__ = [
     "MAX_INCH_PIXEL_UM",
     "ClippedRange",
     "ImageData",
+    "image_file_size",
     "infer_bit_depth",
     "read_image",
     "read_image_tensor",
@@ -56,6 +57,7 @@ __all__ = [
 
 ZProject = Literal["first", "max"]
 _TIFF_SUFFIXES = {".tif", ".tiff"}
+_HEADER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}  # sizes readable from the header alone
 #: Largest pixel size (um) accepted from inch-based TIFF resolution tags (2540 dpi and finer); coarser ones
 #: are the print resolutions of generic writers, not a microscope's.
 MAX_INCH_PIXEL_UM = 10.0
@@ -202,6 +204,32 @@ def write_image(path: str | Path, array: np.ndarray, bit_depth: Literal[8, 16] |
     buffer.tofile(tmp)
     os.replace(tmp, path)
     return path
+
+
+def image_file_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of an image file: read from the header for PNG / JPEG / BMP, else decoded.
+
+    Raises:
+        UnreadableImage: the file is missing or cannot be decoded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableImage(path, "file not found")
+    if path.suffix.lower() in _HEADER_SUFFIXES:
+        import warnings
+
+        from PIL import Image
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # DecompressionBombWarning: the header alone is read
+                with Image.open(path) as image:
+                    width, height = image.size
+            return int(width), int(height)
+        except Exception:  # not what its suffix says, or too large for Pillow: decode it below
+            pass
+    array = read_image(path).array
+    return int(array.shape[1]), int(array.shape[0])
 
 
 def _short(err: BaseException) -> str:

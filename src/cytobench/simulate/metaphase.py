@@ -197,7 +197,7 @@ def simulate_metaphase(
             }
         )
         for chrom in sample.chromosomes:
-            ann = _annotation(chrom, height, width, label_mode)
+            ann = chromosome_annotation(chrom, height, width, label_mode)
             annotations.append({"id": len(annotations) + 1, "image_id": index + 1, **ann})
     return save_simulated_coco(out_dir, _dataset(images, annotations, categories(label_mode)), val_fraction)
 
@@ -295,7 +295,9 @@ def render_metaphase(
     return MetaphaseImage(image, truths, format_karyotype(sorted(plan.classes)), fraction)
 
 
-def _annotation(chrom: ChromosomeTruth, height: int, width: int, label_mode: LabelMode) -> dict[str, Any]:
+def chromosome_annotation(
+    chrom: ChromosomeTruth, height: int, width: int, label_mode: LabelMode
+) -> dict[str, Any]:
     """COCO body (no ids) of one chromosome."""
     cls = CLASSES[chrom.class_index - 1]
     pick = np.linspace(0, len(chrom.centreline) - 1, _TRUTH_POINTS).round().astype(np.int64)
