@@ -419,8 +419,26 @@ def test_chunked_matching_gives_the_arrays_of_one_call(iou_type: str, monkeypatc
     gt, results = random_coco(seed=11, n_images=23, seg="mixed")
     res = only(results, {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}[iou_type])
     whole = accumulate_coco(gt, res, iou_type, max_dets=(1, 10, 300))
-    monkeypatch.setattr(coco_module, "EVAL_CHUNK_IMAGES", 4)  # 6 chunks, the last one short
+    chunks = []
+
+    def spy(*args):
+        chunks.append(image_chunks(*args))
+        return chunks[-1]
+
+    image_chunks = coco_module._image_chunks
+    monkeypatch.setattr(coco_module, "_image_chunks", spy)
+    monkeypatch.setattr(coco_module, "EVAL_CHUNK_PAIRS", 200)  # a few images per chunk
     chunked = accumulate_coco(gt, res, iou_type, max_dets=(1, 10, 300))
+    assert len(chunks) == 1 and len(chunks[0]) > 3  # matched in several chunks, accumulated once
     for key in ("precision", "recall"):
         assert np.array_equal(whole[key], chunked[key])
     assert (whole["precision"] > 0).any()
+
+
+def test_image_chunks_keep_order_and_the_pair_budget() -> None:
+    """Consecutive images per chunk; an image over the budget alone gets its own chunk."""
+    from cytobench.evaluation.coco import _image_chunks
+
+    pairs = {1: 5, 2: 5, 3: 20, 4: 1}
+    assert _image_chunks([1, 2, 3, 4, 5], pairs, 10) == [[1, 2], [3], [4, 5]]
+    assert _image_chunks([1, 2, 3, 4, 5], pairs, 100) == [[1, 2, 3, 4, 5]]

@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import gc
 import importlib.util
 import io
 import json
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -130,17 +133,20 @@ def accumulate_coco(
     labels = ["all", *ranges]
     area_rng = [[float(lo), float(hi)] for lo, hi in [all_range, *ranges.values()]]
 
-    gt_data = prepare_gt(gt, iou_type, copy_inputs)
-    res = prepare_results(results, {img["id"] for img in gt_data["images"]}, iou_type, copy_inputs)
-    sigmas = _kpt_sigmas(gt_data, kpt_oks_sigmas) if iou_type == "keypoints" else None
-
     if backend == "faster" and importlib.util.find_spec("faster_coco_eval") is None:
         warnings.warn(
             "faster-coco-eval is not installed; using pycocotools (same numbers, slower)", stacklevel=2
         )
         backend = "pycocotools"
     run = _run_faster if backend == "faster" else _run_pycocotools
-    ev = run(gt_data, res, iou_type, sigmas, lambda params: _set_params(params, dets, area_rng, labels))
+    with _gc_paused():
+        gt_data = prepare_gt(gt, iou_type, copy_inputs)
+        res = prepare_results(results, {img["id"] for img in gt_data["images"]}, iou_type, copy_inputs)
+        sigmas = _kpt_sigmas(gt_data, kpt_oks_sigmas) if iou_type == "keypoints" else None
+        n_gt = Counter(ann["image_id"] for ann in gt_data["annotations"])
+        pairs = {image_id: n * n_gt[image_id] for image_id, n in Counter(r["image_id"] for r in res).items()}
+        configure = functools.partial(_set_params, max_dets=dets, area_rng=area_rng, labels=labels)
+        ev = run(gt_data, res, iou_type, sigmas, configure, pairs)
     return {
         "precision": np.asarray(ev.eval["precision"]),
         "recall": np.asarray(ev.eval["recall"]),
@@ -151,40 +157,76 @@ def accumulate_coco(
     }
 
 
-#: images per faster-coco-eval ``evaluate`` call: the per-image IoU matrices of one chunk are alive at a time
-#: (dense images: 300 x 300 float64 each), so memory does not grow with the number of images.
-EVAL_CHUNK_IMAGES = 64
+#: IoU-matrix entries (gt x detections, summed over a chunk's images) per faster-coco-eval ``evaluate`` call:
+#: ~64 MiB of float64, so memory does not grow with the number of dense images (300 x 400 each), while sparse
+#: sets (a few objects per image) fit in one fused evaluate-and-accumulate call, the library's fastest path.
+EVAL_CHUNK_PAIRS = 8_000_000
+
+
+def _image_chunks(image_ids: list[Any], pairs: Mapping[Any, int], budget: int) -> list[list[Any]]:
+    """Consecutive runs of ``image_ids`` whose summed ``pairs`` stay within ``budget`` (at least one image)."""
+    chunks: list[list[Any]] = [[]]
+    total = 0
+    for image_id in image_ids:
+        n = pairs.get(image_id, 0)
+        if chunks[-1] and total + n > budget:
+            chunks.append([])
+            total = 0
+        chunks[-1].append(image_id)
+        total += n
+    return chunks
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Any:
+    """Pause Python's cyclic garbage collector: building the libraries' indexes allocates ~10 small dicts per
+    object, which triggers full collections over everything alive (the caller's data too) without freeing
+    anything. Reference counting still frees memory; the previous state is restored on exit."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _run_faster(
-    gt: dict[str, Any], res: list[dict], iou_type: str, sigmas: np.ndarray | None, configure: Any
+    gt: dict[str, Any],
+    res: list[dict],
+    iou_type: str,
+    sigmas: np.ndarray | None,
+    configure: Any,
+    pairs: Mapping[Any, int],
 ) -> Any:
     """faster-coco-eval's evaluate + accumulate with its logging silenced; returns the COCOeval.
 
-    Images are matched in chunks of :data:`EVAL_CHUNK_IMAGES` (the per-image matching is independent,
-    and each chunk's IoU matrices are dropped once matched); the chunks' per-image evaluations are then
-    put in the order one call over every image gives ([category][area][image]) and accumulated once, so
-    the numbers are those of a single call.
+    ``pairs``: per image id, the number of IoU entries its matching computes (gt x detections). Within
+    :data:`EVAL_CHUNK_PAIRS` in all, one fused evaluate-and-accumulate call. Otherwise images are matched
+    in chunks of at most that many entries (the per-image matching is independent, and each chunk's IoU
+    matrices are dropped once matched); the chunks' per-image evaluations are then put in the order one
+    call over every image gives ([category][area][image]) and accumulated once, so the numbers are those
+    of a single call.
     """
     from faster_coco_eval import COCO, COCOeval_faster
 
     coco_gt = COCO(gt, print_function=_quiet)
     coco_dt = coco_gt.loadRes(res)
     coco_dt.print_function = _quiet
+    fused = sum(pairs.values()) <= EVAL_CHUNK_PAIRS
     ev = COCOeval_faster(
-        coco_gt, coco_dt, iou_type, print_function=_quiet, kpt_oks_sigmas=sigmas, separate_eval=True
+        coco_gt, coco_dt, iou_type, print_function=_quiet, kpt_oks_sigmas=sigmas, separate_eval=not fused
     )
     configure(ev.params)
-    image_ids = sorted(set(ev.params.imgIds))
-    if len(image_ids) <= EVAL_CHUNK_IMAGES:
-        ev.evaluate()
-        ev.accumulate()
+    if fused:
+        ev.evaluate()  # evaluates and accumulates in one C++ call
         return ev
+    image_ids = sorted(set(ev.params.imgIds))
     parts = []
-    for start in range(0, len(image_ids), EVAL_CHUNK_IMAGES):
-        ev.params.imgIds = image_ids[start : start + EVAL_CHUNK_IMAGES]
+    for chunk in _image_chunks(image_ids, pairs, EVAL_CHUNK_PAIRS):
+        ev.params.imgIds = chunk
         ev.evaluate()
-        parts.append((len(ev.params.imgIds), ev._evalImgs_cpp))
+        parts.append((len(chunk), ev._evalImgs_cpp))
         ev.ious = ev._evalImgs_cpp = None  # this chunk's IoU matrices go now
     n_groups = len(ev.params.catIds if ev.params.useCats else [-1]) * len(ev.params.areaRng)
     merged = [
@@ -201,7 +243,12 @@ def _run_faster(
 
 
 def _run_pycocotools(
-    gt: dict[str, Any], res: list[dict], iou_type: str, sigmas: np.ndarray | None, configure: Any
+    gt: dict[str, Any],
+    res: list[dict],
+    iou_type: str,
+    sigmas: np.ndarray | None,
+    configure: Any,
+    pairs: Mapping[Any, int],
 ) -> Any:
     """pycocotools' evaluate + accumulate with stdout silenced; returns the COCOeval."""
     from pycocotools.coco import COCO
