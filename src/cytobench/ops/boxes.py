@@ -73,7 +73,17 @@ def box_iou_safe(a: Tensor, b: Tensor) -> Tensor:
     """
     _check_boxes(a, "a")
     _check_boxes(b, "b")
-    return box_iou(a, b).nan_to_num(nan=0.0)
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        return box_iou(a, b).nan_to_num(nan=0.0)
+    # torchvision's arithmetic, operation for operation (so bit-identical), on (N, M) planes per axis and in
+    # place: its (N, M, 2) corner tensors made N = 2,000 Soft-NMS 7x slower than its greedy loop.
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    width = torch.minimum(a[:, None, 2], b[None, :, 2]).sub_(torch.maximum(a[:, None, 0], b[None, :, 0]))
+    height = torch.minimum(a[:, None, 3], b[None, :, 3]).sub_(torch.maximum(a[:, None, 1], b[None, :, 1]))
+    inter = width.clamp_(min=0).mul_(height.clamp_(min=0))
+    union = (area_a[:, None] + area_b[None, :]).sub_(inter)
+    return inter.div_(union).nan_to_num_(nan=0.0)
 
 
 def paired_box_intersection(a: Tensor, b: Tensor) -> Tensor:

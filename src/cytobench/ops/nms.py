@@ -130,7 +130,8 @@ def soft_nms(
     """
     _check_inputs(boxes, scores, sigma)
     iou = box_iou_safe(boxes, boxes)
-    return _select_with_decay(scores, torch.exp(-iou.square() / sigma), score_threshold, max_keep)
+    decay = iou.square_().neg_().div_(sigma).exp_()  # exp(-iou^2 / sigma), in place
+    return _select_with_decay(scores, decay, score_threshold, max_keep)
 
 
 @torch.no_grad()
@@ -166,7 +167,8 @@ def embedding_guided_nms(
     _check_inputs(boxes, scores, sigma, embeddings)
     iou = box_iou_safe(boxes, boxes)
     power = 1.5 + torch.sigmoid(2.0 * (embedding_distances(embeddings.to(iou.dtype)) - delta))
-    return _select_with_decay(scores, torch.exp(-iou.pow(power) / sigma), score_threshold, max_keep)
+    decay = iou.pow_(power).neg_().div_(sigma).exp_()  # exp(-iou^power / sigma), in place
+    return _select_with_decay(scores, decay, score_threshold, max_keep)
 
 
 def _iou_py(a: list[float], b: list[float]) -> float:
