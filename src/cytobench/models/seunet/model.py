@@ -77,7 +77,9 @@ class SEUNet(nn.Module):
         focal_alpha / focal_gamma / focal_mode: the overlap focal loss' parameters.
         attention_key: target map used as the focal loss' P (absent from the targets: plain focal loss).
         window / window_overlap / window_batch_size: sliding-window inference for images with a side longer
-            than ``window`` (None or 0: never).
+            than ``window`` (None or 0: never); ``window_batch_size`` windows per forward pass, None = 1 on the
+            CPU (batched windows there cost more CPU time than one at a time: bench/bench_seunet_sliding.py)
+            and 4 on a GPU.
         image_mean / image_std: per-channel normalisation; None standardises each image on its own.
         ignore_index: ``semantic`` value left out of the loss.
     """
@@ -100,7 +102,7 @@ class SEUNet(nn.Module):
         attention_key: str | None = "overlap_attention",
         window: int | None = 512,
         window_overlap: int = 256,
-        window_batch_size: int = 4,
+        window_batch_size: int | None = None,
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
         ignore_index: int = 255,
@@ -125,14 +127,15 @@ class SEUNet(nn.Module):
         )
         self.attention_key = attention_key
         self.window = int(window) if window else None
-        self.window_overlap, self.window_batch_size = int(window_overlap), int(window_batch_size)
+        self.window_overlap = int(window_overlap)
+        self.window_batch_size = None if window_batch_size is None else int(window_batch_size)
         if self.window is not None and self.window < 1:
             raise BadInputError("model.window", f"must be >= 1 or null, got {self.window}")
         if self.window is not None and not 0 <= self.window_overlap < self.window:
             raise BadInputError(
                 "model.window_overlap", f"must lie in [0, window = {self.window}), got {self.window_overlap}"
             )
-        if self.window_batch_size < 1:
+        if self.window_batch_size is not None and self.window_batch_size < 1:
             raise BadInputError("model.window_batch_size", f"must be >= 1, got {self.window_batch_size}")
 
         self.encoder = SEUNetEncoder(self.in_channels, int(width), self.depth, int(se_reduction))
@@ -260,8 +263,9 @@ class SEUNet(nn.Module):
         for i, x in enumerate(normed):
             if probs[i] is None:
                 assert self.window is not None
+                batch_size = self.window_batch_size or (1 if x.device.type == "cpu" else 4)
                 probs[i] = sliding_window_inference(
-                    self._window_probabilities, x, self.window, self.window_overlap, self.window_batch_size
+                    self._window_probabilities, x, self.window, self.window_overlap, batch_size
                 )
         out = []
         for prob in probs:
