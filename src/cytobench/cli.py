@@ -324,6 +324,12 @@ def _cmd_fish_analyze(args: argparse.Namespace) -> None:
     run_analyze(args, *find_fish_images(args.images))
 
 
+def _cmd_karyotype(args: argparse.Namespace) -> None:
+    from cytobench.karyotype.command import run_karyotype
+
+    run_karyotype(args)
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> None:
     from cytobench.reproduce import load_reproduction
 
@@ -582,6 +588,14 @@ def build_parser() -> argparse.ArgumentParser:
     fish_an = fish_sub.add_parser("analyze", help="segment nuclei, count red/green signals, report mosaicism")
     add_analyze_arguments(fish_an)
     fish_an.set_defaults(func=_cmd_fish_analyze)
+
+    from cytobench.karyotype.command import add_karyotype_arguments
+
+    kar = sub.add_parser(
+        "karyotype", help="karyograms, ISCN karyotypes and a summary from a 24-class chromosome detector"
+    )
+    add_karyotype_arguments(kar)
+    kar.set_defaults(func=_cmd_karyotype)
 
     from cytobench.synth.command import add_synth_commands
 
