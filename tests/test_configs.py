@@ -237,6 +237,101 @@ KEY_VALUES = {
     "faster_rcnn": {"trainer.max_epochs": 24, "trainer.scheduler.milestones": [16, 22]},
     "faster_rcnn_demo": {"data.n_images": 96, "trainer.max_epochs": 8, "trainer.scheduler.milestones": [6]},
     "faster_rcnn_smoke": {"data.n_images": 8, "data.size": 64, "trainer.max_epochs": 2},
+    # the karyotyping comparison: 24-class karyograms with an aneuploid mix, one schedule, karyo/f1
+    "karyotype_faster_rcnn": {
+        "scale": "cpu",
+        "data.prepare.simulator.path": "cytobench.simulate.karyogram.simulate_karyogram",
+        "data.prepare.n_chromosomes": {45: 0.1, 46: 0.8, 47: 0.1},
+        "data.n_images": 200,
+        "data.size": [512, 384],
+        "data.batch_size": 2,
+        "model._target_": "cytobench.models.faster_rcnn.build_faster_rcnn",
+        "model.backbone": "resnet18",
+        "model.min_size": 384,
+        "model.max_size": 512,
+        "model.anchor_sizes": [8, 16, 32, 64, 128],
+        "model.box_batch_size_per_image": 128,
+        "trainer.max_epochs": 6,
+        "trainer.optimizer.lr": 0.005,
+        "trainer.scheduler.milestones": [4, 5],
+        "trainer.monitor": "karyo/f1",
+        "evaluator.evaluators": [
+            {
+                "_target_": "cytobench.evaluation.CocoEvaluator",
+                "iou_types": ["bbox"],
+                "max_dets": [1, 10, 100],
+            },
+            {
+                "_target_": "cytobench.evaluation.KaryotypeEvaluator",
+                "iou_thr": 0.5,
+                "score_thr": 0.5,
+                "confidence": 0.95,
+            },
+        ],
+    },
+    "karyotype_faster_rcnn_smoke": {
+        "scale": "smoke",
+        "data.n_images": 4,
+        "data.size": [256, 192],
+        "model.backbone": "resnet18",
+        "model.min_size": 192,
+        "trainer.max_epochs": 2,
+        "trainer.monitor": "karyo/f1",
+    },
+    "karyotype_rfcn": {
+        "model._target_": "cytobench.models.rfcn.build_rfcn",
+        "model.backbone": "resnet18",
+        "model.use_layer4": True,
+        "model.anchor_sizes": [16, 32, 64, 128],
+        "model.min_size": 384,
+        "trainer.monitor": "karyo/f1",
+    },
+    "karyotype_rfcn_smoke": {"scale": "smoke", "model.backbone": "resnet18", "data.n_images": 4},
+    "karyotype_ssd": {
+        "model._target_": "cytobench.models.ssd.build_ssd",
+        "model.variant": "ssdlite320_mobilenet_v3_large",
+        "model.size": [512, 384],
+        "model.anchor_scales": [0.04, 0.08, 0.14, 0.22, 0.35, 0.55, 0.8],
+        "data.batch_size": 8,
+        "trainer.monitor": "karyo/f1",
+    },
+    "karyotype_ssd_smoke": {"scale": "smoke", "model.size": [256, 192], "data.batch_size": 8},
+    "karyotype_two_stage": {
+        "model._target_": "cytobench.models.two_stage.build_two_stage",
+        "model.detector._target_": "cytobench.models.deepace.build_deepace",
+        "model.detector.backbone": "resnet18",
+        "model.detector.min_size": 384,
+        "model.detector.anchor_sizes": [16, 32, 64, 128],
+        "model.detector.template_feature_grad": 0.1,
+        "model.classifier.width": 16,
+        "model.crop_size": [64, 24],
+        "model.pair_prior": True,
+        "trainer.monitor": "karyo/f1",
+    },
+    "karyotype_two_stage_smoke": {
+        "scale": "smoke",
+        "model.detector.backbone": "resnet18",
+        "data.n_images": 4,
+    },
+    "karyotype_yolo": {
+        "model._target_": "cytobench.models.yolo.build_yolo",
+        "model.task": "detect",
+        "model.arch": "yolov8n.yaml",
+        "model.imgsz": 512,
+        "model.train_args.batch": 8,
+        "model.train_args.nbs": 8,
+        "model.train_args.epochs": 6,
+        "data.batch_size": 8,
+        "trainer.monitor": "karyo/f1",
+    },
+    "karyotype_yolo_smoke": {
+        "scale": "smoke",
+        "data.prepare.simulator.path": "cytobench.simulate.karyogram.simulate_karyogram",
+        "model.arch": "yolov8n.yaml",
+        "model.imgsz": 256,
+        "model.train_args.epochs": 2,
+        "model.train_args.workers": 0,
+    },
 }
 # Experiments that are another one at another scale (or another variant at the same scale): their
 # configs agree on everything but these keys (None: any value; a set: exactly these sub-keys differ).
@@ -272,6 +367,42 @@ SAME_AS: list[tuple[str, list[str], dict[str, set[str] | None]]] = [
             "trainer": {"max_epochs"},
         },
     ),
+    # the karyotyping comparison: each model's smoke experiment is its experiment at scale=smoke ...
+    *[
+        (f"karyotype_{m}_smoke", [f"experiment=karyotype_{m}", "scale=smoke"], {"task_name": None})
+        for m in ("faster_rcnn", "rfcn", "ssd", "two_stage", "yolo")
+    ],
+    # ... and the models see the same data, schedule and evaluator (the batch-norm models SSDlite and YOLO
+    # train on batches of 8)
+    ("karyotype_rfcn", ["experiment=karyotype_faster_rcnn"], {"task_name": None, "model": None}),
+    ("karyotype_two_stage", ["experiment=karyotype_faster_rcnn"], {"task_name": None, "model": None}),
+    (
+        "karyotype_ssd",
+        ["experiment=karyotype_faster_rcnn"],
+        {"task_name": None, "model": None, "data": {"batch_size"}},
+    ),
+    (
+        "karyotype_yolo",
+        ["experiment=karyotype_faster_rcnn"],
+        {"task_name": None, "model": None, "data": {"batch_size"}},
+    ),
+    # data=karyotype_spreads: the same task on metaphase spreads (its own cache folder, simulator and pixel
+    # statistics, which the torch models' normalisation follows)
+    *[
+        (
+            f"karyotype_{m}",
+            [f"experiment=karyotype_{m}", "data=karyotype_spreads"],
+            {
+                "data": {"dir", "image_mean", "image_std", "prepare", "train", "val"},
+                "model": model_differs,
+            },
+        )
+        for m, model_differs in (
+            ("rfcn", {"image_mean", "image_std"}),
+            ("two_stage", {"detector"}),
+            ("yolo", set()),
+        )
+    ],
 ]
 
 
