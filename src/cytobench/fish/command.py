@@ -28,7 +28,6 @@ from cytobench.fish import DEFAULT_NUCLEUS_DIAMETER_UM, RANGE_PERCENTILE
 __all__ = ["add_analyze_arguments", "find_fish_images", "run_analyze"]
 
 #: COCO files a dataset folder may hold beside its ``images/`` (what ``cytobench simulate`` writes).
-DATASET_FILES = ("annotations.json", "train.json", "val.json")
 
 
 def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,19 +121,15 @@ def find_fish_images(paths: Sequence[str | Path]) -> tuple[list[Path], dict[Path
     Raises:
         BadInputError: a path does not exist, or no images are found (one line).
     """
-    from cytobench.io.images import IMAGE_SUFFIXES, list_images
+    from cytobench.io.images import dataset_images_folder, list_images
 
     resolved: list[Path] = []
     folder_samples: dict[Path, str] = {}
     for raw in paths:
         path = Path(raw)
-        inner = path / "images"
-        if (
-            path.is_dir()
-            and inner.is_dir()
-            and not any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())
-        ):
-            found = [name for name in DATASET_FILES if (path / name).is_file()]
+        dataset = dataset_images_folder(path)
+        if dataset is not None:
+            inner, found = dataset
             note = f"fish analyze: {path} is a dataset folder: reading {inner}"
             if found:
                 verb = "is" if len(found) == 1 else "are"

@@ -44,9 +44,11 @@ if TYPE_CHECKING:  # torch is imported where a tensor is made: `cytobench eval` 
 
 __all__ = [
     "MAX_INCH_PIXEL_UM",
+    "DATASET_JSON_FILES",
     "ClippedRange",
     "ImageData",
     "image_file_size",
+    "dataset_images_folder",
     "infer_bit_depth",
     "read_image",
     "read_image_tensor",
@@ -407,6 +409,22 @@ def _tiff_resolution(page: Any, imagej: dict[str, Any] | None) -> tuple[float, f
 
 #: Files `cytobench predict` / `fish analyze` pick up from a folder.
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".czi"}
+
+
+#: COCO files a dataset folder written by ``cytobench simulate`` holds beside its ``images/``.
+DATASET_JSON_FILES = ("annotations.json", "train.json", "val.json")
+
+
+def dataset_images_folder(path: str | Path) -> tuple[Path, list[str]] | None:
+    """``(images/ folder, COCO json names beside it)`` when ``path`` is a dataset folder (an ``images/``
+    subfolder and no images of its own, as ``cytobench simulate`` writes), else None."""
+    path = Path(path)
+    inner = path / "images"
+    if not (path.is_dir() and inner.is_dir()):
+        return None
+    if any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
+        return None
+    return inner, [name for name in DATASET_JSON_FILES if (path / name).is_file()]
 
 
 def list_images(paths: Sequence[str | Path]) -> list[Path]:

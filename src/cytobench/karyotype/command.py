@@ -59,7 +59,6 @@ __all__ = [
 #: what ``--out`` receives besides the karyograms
 RESULT_FILES = ("karyotypes.json", "karyotypes.md")
 KARYOGRAM_SUFFIX = "_karyogram.png"
-DATASET_FILES = ("annotations.json", "train.json", "val.json")
 
 
 def add_karyotype_arguments(parser: argparse.ArgumentParser) -> None:
@@ -135,18 +134,14 @@ def find_karyotype_images(paths: Sequence[str | Path]) -> list[Path]:
     Raises:
         BadInputError: a path does not exist, or no images are found.
     """
-    from cytobench.io.images import IMAGE_SUFFIXES, list_images
+    from cytobench.io.images import dataset_images_folder, list_images
 
     resolved: list[Path] = []
     for raw in paths:
         path = Path(raw)
-        inner = path / "images"
-        if (
-            path.is_dir()
-            and inner.is_dir()
-            and not any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())
-        ):
-            found = [name for name in DATASET_FILES if (path / name).is_file()]
+        dataset = dataset_images_folder(path)
+        if dataset is not None:
+            inner, found = dataset
             note = f"karyotype: {path} is a dataset folder: reading {inner}"
             if found:
                 note += f" ({', '.join(found)} not used: karyotype takes no ground truth)"
