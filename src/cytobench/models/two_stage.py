@@ -311,20 +311,8 @@ def build_two_stage(
     *,
     detector: nn.Module | Mapping[str, Any] | None = None,
     classifier: Mapping[str, Any] | None = None,
-    crop_size: Sequence[int] = (96, 32),
-    crop_margin: float = 0.05,
-    crop_masks: bool = False,
-    box_jitter: float = 0.05,
-    augment: bool = True,
-    classifier_loss_weight: float = 1.0,
-    label_smoothing: float = 0.0,
-    train_detector: bool = True,
-    pair_prior: bool = True,
-    prior_cap: int = 2,
-    prior_penalty: float = DEFAULT_PRIOR_PENALTY,
-    cell_score_thr: float = 0.5,
-    score_mode: str = "product",
     weights_path: str | Path | None = None,
+    **options: Any,
 ) -> TwoStageKaryotyper:
     """Build the two-stage karyotyper.
 
@@ -336,36 +324,28 @@ def build_two_stage(
             A trained detector loads through the node's own ``weights_path``.
         classifier: :class:`ChromosomeClassifier` options: ``width`` (32), ``blocks`` ((2, 2, 2, 2)),
             ``in_channels`` (1), ``length_feature`` (True), ``dropout`` (0).
-        crop_size ... score_mode: as :class:`TwoStageKaryotyper`.
         weights_path: a local checkpoint of the whole two-stage model to start from.
+        options: :class:`TwoStageKaryotyper`'s keyword arguments (``crop_size`` ... ``score_mode``), passed
+            through (one signature to keep).
 
     Returns:
         The :class:`TwoStageKaryotyper`.
     """
     if int(num_classes) < 2:
         raise ValueError(f"num_classes counts background too: >= 2, got {num_classes}")
-    options = dict(_plain(classifier) or {})
-    unknown = sorted(set(options) - {"width", "blocks", "in_channels", "length_feature", "dropout"})
+    classifier_options = dict(_plain(classifier) or {})
+    unknown = sorted(
+        set(classifier_options) - {"width", "blocks", "in_channels", "length_feature", "dropout"}
+    )
     if unknown:
         raise TypeError(f"unknown classifier options {unknown}")
-    if "blocks" in options:
-        options["blocks"] = tuple(int(b) for b in options["blocks"])
+    if "blocks" in classifier_options:
+        classifier_options["blocks"] = tuple(int(b) for b in classifier_options["blocks"])
+    options = {key: _plain(value) for key, value in options.items()}
+    if "crop_size" in options:
+        options["crop_size"] = tuple(int(s) for s in options["crop_size"])
     model = TwoStageKaryotyper(
-        _build_detector(detector),
-        ChromosomeClassifier(int(num_classes) - 1, **options),
-        crop_size=tuple(int(s) for s in _plain(crop_size)),
-        crop_margin=crop_margin,
-        crop_masks=crop_masks,
-        box_jitter=box_jitter,
-        augment=augment,
-        classifier_loss_weight=classifier_loss_weight,
-        label_smoothing=label_smoothing,
-        train_detector=train_detector,
-        pair_prior=pair_prior,
-        prior_cap=prior_cap,
-        prior_penalty=prior_penalty,
-        cell_score_thr=cell_score_thr,
-        score_mode=score_mode,
+        _build_detector(detector), ChromosomeClassifier(int(num_classes) - 1, **classifier_options), **options
     )
     if weights_path:
         load_model_weights(model, weights_path)
