@@ -43,6 +43,9 @@ ARGS: dict[str, list[str]] = {
     # the run of experiments/fish/README.md plus the interval-coverage check it reports (12 samples x 12
     # images, 100 calibration images: with fewer the corrected coverage is unstable)
     "bench_fish_analyze": ["--images", "16", "--repeats", "3", "--coverage-samples", "12"],
+    # one 1600 x 1200 spread (the paper's size), the karyotype_two_stage experiment's model (random weights),
+    # median of 3 repeats: the stages of `cytobench karyotype` and batched crops vs one at a time
+    "bench_karyotype": [],
     "bench_metaphase_simulator": [],  # paper size 1600 x 1200 and 512 x 384; S_o over 100 spreads
     "bench_overlap_maps": [],  # 512 px, 50 cells, 5 repeats
     "bench_qd_simulator": [],  # chunks of 4,096 images, 7 repeats, 8,192 images on disk
