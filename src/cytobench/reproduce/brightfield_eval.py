@@ -37,8 +37,10 @@ __all__ = [
     "evaluate_models",
     "models_from_checkpoints",
     "models_from_runs",
-    "predict_images",
+    "Scorer",
     "held_out_dataset",
+    "pixel_scorer",
+    "predict_images",
     "shared_test_set",
 ]
 
@@ -168,7 +170,8 @@ def _loader(dataset: Any) -> torch.utils.data.DataLoader:
     return DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=detection_collate)
 
 
-def _cache_key(model: TrainedModel, test_set: TestSet, thresholds: Mapping[str, float]) -> str:
+def _cache_key(model: TrainedModel, test_set: TestSet, scoring: Any) -> str:
+    """Checkpoint file (path, size, mtime), test set and what scores it (json-able)."""
     stat = model.checkpoint.stat()
     parts = [
         str(model.checkpoint.resolve()),
@@ -176,7 +179,7 @@ def _cache_key(model: TrainedModel, test_set: TestSet, thresholds: Mapping[str, 
         stat.st_mtime_ns,
         str(test_set.ann_file.resolve()),
         test_set.ann_file.stat().st_mtime_ns,
-        sorted(thresholds.items()),
+        scoring,
     ]
     return hashlib.sha1(json.dumps(parts).encode()).hexdigest()
 
@@ -190,38 +193,59 @@ def evaluate_models(
     thresholds: Mapping[str, float] | None = None,
     use_cache: bool = True,
     progress: Callable[[str], None] = print,
+    scorer: Scorer | None = None,
 ) -> list[dict[str, float]]:
-    """Per-head metrics (``pix/<head>_<metric>``) of every model on the test set, in order (cached).
+    """Metrics of every model on the test set, in order (cached in ``<out_dir>/eval_cache.json``).
 
     Args:
         models: the models.
         test_set: the held-out set (:func:`shared_test_set`).
         device: where the models run.
         out_dir: folder of ``eval_cache.json``.
-        thresholds: head thresholds overriding the thesis' (0.5; overlap 0.3).
+        thresholds: head thresholds overriding the thesis' (0.5; overlap 0.3) of the default scorer.
         use_cache: reuse cached metrics of unchanged checkpoints.
         progress: receives one line per evaluated model.
+        scorer: how the models are read and scored; None: per-head pixel metrics (``pix/<head>_<metric>``,
+            :class:`~cytobench.evaluation.head_pixel.HeadPixelEvaluator`) on :func:`held_out_dataset`.
     """
     from cytobench.engine.inference import inference_on_dataset
     from cytobench.engine.predict import load_model_from_checkpoint
-    from cytobench.evaluation.head_pixel import HeadPixelEvaluator
 
-    thresholds = dict(thresholds or {})
+    scorer = scorer or pixel_scorer(thresholds)
     cache_file = Path(out_dir) / CACHE_FILE
     cache = read_json(cache_file) if use_cache and cache_file.is_file() else {}
     results = []
     for k, model in enumerate(models, start=1):
-        key = _cache_key(model, test_set, thresholds)
+        key = _cache_key(model, test_set, scorer.key)
         if key not in cache:
             progress(f"evaluating {k}/{len(models)}: {model.source}")
             network, _ = load_model_from_checkpoint(model.checkpoint, device)
-            loader = _loader(held_out_dataset(test_set, model.data_config))
-            cache[key] = inference_on_dataset(
-                network, loader, HeadPixelEvaluator(thresholds=thresholds), device
-            )
+            loader = _loader(scorer.dataset(test_set, model.data_config))
+            cache[key] = inference_on_dataset(network, loader, scorer.evaluator(), device)
             write_json_atomic(cache_file, cache)  # after each model: an interrupted table keeps its progress
         results.append(dict(cache[key]))
     return results
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """How :func:`evaluate_models` scores a model: the evaluator, the test set as the model reads it, and
+    ``key`` (json-able; names the scoring in the cache, so tables that score differently never share
+    entries)."""
+
+    key: Any
+    evaluator: Callable[[], Any]
+    dataset: Callable[[TestSet, Mapping[str, Any]], Any]
+
+
+def pixel_scorer(thresholds: Mapping[str, float] | None = None) -> Scorer:
+    """Per-head pixel metrics of Tables 5.1-5.6 on :func:`held_out_dataset`."""
+    from cytobench.evaluation.head_pixel import HeadPixelEvaluator
+
+    thresholds = dict(thresholds or {})
+    return Scorer(
+        sorted(thresholds.items()), lambda: HeadPixelEvaluator(thresholds=thresholds), held_out_dataset
+    )
 
 
 def predict_images(
