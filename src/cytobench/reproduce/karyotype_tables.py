@@ -1,0 +1,756 @@
+"""KTH karyotyping thesis (papers/004) Table 5.1 and a karyotype-accuracy table, with Figs. 5.1-5.4 style figures.
+
+    python train.py experiment=karyotype_yolo            # and karyotype_faster_rcnn, _rfcn, _ssd, _two_stage
+    python train.py experiment=karyotype_two_stage data=karyotype_spreads     # the same on metaphase spreads
+    cytobench reproduce karyotype/table5_1 --runs runs/karyotype_* --scale cpu --out runs/reproduce/karyotype
+    cytobench reproduce karyotype/accuracy --runs runs/karyotype_* --scale cpu --out runs/reproduce/karyotype
+
+``--runs`` collects finished runs (their ``checkpoints/best.pt``), ``--checkpoint`` takes checkpoint files;
+any mix of the five karyotype models (YOLOv8, Faster R-CNN, SSD, R-FCN, the two-stage karyotyper) trained on
+either data kind (``data=karyogram``: karyogram-layout images, the thesis' kind; ``data=karyotype_spreads``:
+metaphase spreads). A model's row comes from its ``model._target_``, its data kind from the simulator its data
+config names; several checkpoints of one row and kind are repeats (cells ``mean +- std``, ``(ours, n=K)``).
+
+Every model of a data kind is scored on the same held-out test set: simulated once (cached under
+``<out>/test_data`` or ``--data-dir``) with the first such model's simulator settings (size, aneuploid mix)
+and another seed (:func:`cytobench.reproduce.base.held_out_test_set`); ``--scale`` sets its size (smoke 4,
+cpu 50, paper 200 cells; ``--n-test`` overrides). The one streaming loop feeds it to
+:class:`~cytobench.evaluation.karyotype.KaryotypeEvaluator` (IoU 0.5, detections scored >= ``--score-thr``,
+the training evaluator's 0.5 by default), on the model's labels mapped to the classes 1-22, X, Y by the
+checkpoint's category names (:func:`cytobench.karyotype.command.karyotype_label_map`, which refuses a
+checkpoint of other classes).
+
+* ``karyotype/table5_1`` writes ``table5_1.md`` / ``.json``: recall, precision and F1 (means over the 24
+  classes, :mod:`cytobench.evaluation.karyotype`) of every model on karyograms, each thesis row
+  (``papers/karyotype.yaml``) followed by ours, and the same on metaphase spreads, which the thesis did not
+  report (its cells there: '-'). The thesis trained YOLOv5; ours is YOLOv8 (the row says so). Beside them
+  ``fig5_1_4_<kind>.png`` per data kind: the first test image with the truth and each model's boxes labelled
+  with class and confidence (thesis Figs. 5.1-5.4, one panel per model).
+* ``karyotype/accuracy`` writes ``karyotype_accuracy.md`` / ``.json``: per data kind (spreads first) and model,
+  the whole-cell measures: exact-match rate (every chromosome found and classed right), count match (the same
+  ISCN karyotype), class and Denver-group accuracy of the matched chromosomes, and aneuploidy sensitivity /
+  specificity ("this cell is not 46,XX / 46,XY") with 95% Wilson intervals; then the issue's claim, the
+  two-stage model against each single-stage detector on spreads (F1 and exact match: ours, theirs, holds or
+  not), and ``confusion_<kind>_<model>.png`` per row (the first repeat's 24 x 24 confusion matrix).
+
+A command refuses to replace its own files already in ``--out`` unless ``--overwrite`` (the two commands
+write different files, so both can share one ``--out``); the scoring is redone by each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cytobench.errors import BadInputError
+from cytobench.evaluation.karyotype import KaryotypeEvaluator
+from cytobench.evaluation.stats import mean_std
+from cytobench.reporting.tables import format_table
+from cytobench.reproduce.base import (
+    TestSet,
+    check_scale,
+    held_out_test_set,
+    load_paper,
+    simulator_settings,
+    write_report,
+)
+
+__all__ = [
+    "DATA_KINDS",
+    "MODEL_ROWS",
+    "TEST_IMAGES",
+    "KaryotypeModel",
+    "accuracy",
+    "build_accuracy_table",
+    "build_table5_1",
+    "data_kind",
+    "model_row",
+    "models_from_checkpoints",
+    "models_from_runs",
+    "reproduce",
+    "score_model",
+    "table5_1",
+]
+
+TEST_IMAGES = {"smoke": 4, "cpu": 50, "paper": 200}  # held-out cells per data kind
+#: data kind -> the simulator whose data it is (``data.prepare.simulator``), and its title in the tables
+DATA_KINDS = {
+    "karyogram": "cytobench.simulate.karyogram.simulate_karyogram",
+    "spread": "cytobench.simulate.metaphase.simulate_metaphase",
+}
+KIND_TITLES = {"karyogram": "karyograms", "spread": "metaphase spreads"}
+#: model builder (``model._target_``) -> our row
+MODEL_ROWS = {
+    "cytobench.models.yolo.build_yolo": "YOLOv8",
+    "cytobench.models.faster_rcnn.build_faster_rcnn": "Faster R-CNN",
+    "cytobench.models.rfcn.build_rfcn": "R-FCN",
+    "cytobench.models.ssd.build_ssd": "SSD",
+    "cytobench.models.two_stage.build_two_stage": "Two-stage",
+}
+ROW_ORDER = tuple(MODEL_ROWS.values())
+TWO_STAGE = "Two-stage"
+#: said in our YOLO row: the thesis' model was another YOLO
+ROW_NOTES = {"YOLOv8": "the thesis used YOLOv5"}
+OUTPUTS = {  # command -> (its fixed files, its globbed files)
+    "table5_1": (("table5_1.md", "table5_1.json"), "fig5_1_4_*.png"),
+    "accuracy": (("karyotype_accuracy.md", "karyotype_accuracy.json"), "confusion_*.png"),
+}
+
+
+# ------------------------------------------------------------------------------------------------ models
+@dataclass(frozen=True)
+class KaryotypeModel:
+    """One trained karyotype detector to score.
+
+    Attributes:
+        checkpoint: its weights (``best.pt``).
+        row: our table row (:data:`MODEL_ROWS`).
+        kind: the data it was trained on (:data:`DATA_KINDS`).
+        variant: backbone / architecture, for the json and the notes.
+        data_config: the resolved ``data`` node it was trained with (the test set's settings).
+        source: the run folder or checkpoint named on the command line.
+    """
+
+    checkpoint: Path
+    row: str
+    kind: str
+    variant: str
+    data_config: dict[str, Any]
+    source: str
+
+
+def model_row(model_config: Mapping[str, Any], source: str | Path = "checkpoint") -> str:
+    """Our row of a model config (:data:`MODEL_ROWS`).
+
+    Raises:
+        BadInputError: the model is none of the five karyotype models.
+    """
+    target = str(model_config.get("_target_", ""))
+    if target not in MODEL_ROWS:
+        known = ", ".join(ROW_ORDER)
+        raise BadInputError(source, f"a {target or 'unknown'} model; Table 5.1 compares {known}")
+    return MODEL_ROWS[target]
+
+
+def model_variant(model_config: Mapping[str, Any]) -> str:
+    """What the model is inside its row: YOLO's architecture, the R-CNNs' backbone, SSD's variant."""
+    target = str(model_config.get("_target_", ""))
+    if target.endswith("build_yolo"):
+        return Path(str(model_config.get("arch", "?"))).stem
+    if target.endswith("build_ssd"):
+        return str(model_config.get("variant", "ssdlite320_mobilenet_v3_large"))
+    if target.endswith("build_two_stage"):
+        detector = model_config.get("detector") or {}
+        return f"{detector.get('backbone', '?')} detector + crop classifier"
+    return str(model_config.get("backbone", "?"))
+
+
+def data_kind(data_config: Mapping[str, Any], source: str | Path = "checkpoint") -> str:
+    """``"karyogram"`` or ``"spread"``: the 24-class data a model was trained on.
+
+    Raises:
+        BadInputError: the data config names another simulator, or one-class (``label_mode`` not
+            ``karyotype``) metaphase spreads.
+    """
+    try:
+        simulator = simulator_settings(data_config)[0]
+    except BadInputError:
+        simulator = ""
+    prepare = data_config.get("prepare") or {}
+    if simulator == DATA_KINDS["karyogram"]:
+        return "karyogram"
+    if simulator == DATA_KINDS["spread"] and prepare.get("label_mode") == "karyotype":
+        return "spread"
+    raise BadInputError(
+        source,
+        f"trained on {simulator or 'data without a simulator'}"
+        f"{'' if simulator != DATA_KINDS['spread'] else ' with one class'}; the karyotype tables need "
+        "data=karyogram or data=karyotype_spreads (24 classes)",
+    )
+
+
+def _checkpoint_configs(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(model_config, data_config)`` of a torch training checkpoint or a YOLO run's checkpoint."""
+    from cytobench.io.checkpoint import load_checkpoint
+    from cytobench.models.yolo import is_yolo_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if is_yolo_checkpoint(ckpt):
+        ckpt = ckpt.get("cytobench") or {}
+    if not isinstance(ckpt, Mapping) or not ckpt.get("model_config") or not ckpt.get("data_config"):
+        raise BadInputError(path, "not a cytobench training checkpoint (no model_config / data_config)")
+    return dict(ckpt["model_config"]), dict(ckpt["data_config"])
+
+
+def _model(checkpoint: Path, model_config: Mapping[str, Any], data_config: Mapping[str, Any], source: str):
+    return KaryotypeModel(
+        checkpoint,
+        model_row(model_config, source),
+        data_kind(data_config, source),
+        model_variant(model_config),
+        dict(data_config),
+        source,
+    )
+
+
+def models_from_checkpoints(paths: Sequence[str | Path]) -> list[KaryotypeModel]:
+    """One :class:`KaryotypeModel` per checkpoint file (configs read from the file)."""
+    return [_model(Path(p), *_checkpoint_configs(p), str(p)) for p in paths]
+
+
+def models_from_runs(roots: Sequence[str | Path]) -> list[KaryotypeModel]:
+    """The finished runs below ``roots`` with a ``checkpoints/best.pt`` (others are named on stderr)."""
+    from cytobench.reproduce.runs import collect_runs
+
+    models, missing = [], []
+    for run in collect_runs(roots):
+        checkpoint = run.path / "checkpoints" / "best.pt"
+        if not checkpoint.is_file():
+            missing.append(str(run.path))
+            continue
+        config = run.config
+        models.append(_model(checkpoint, config.get("model") or {}, config.get("data") or {}, str(run.path)))
+    if missing:
+        print(
+            f"left out {len(missing)} run(s) without checkpoints/best.pt, e.g. {missing[0]}", file=sys.stderr
+        )
+    return models
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+class _ClassIdEvaluator(KaryotypeEvaluator):
+    """:class:`KaryotypeEvaluator` on class ids 1-24: the model's labels and the truth's category ids mapped
+    by name; detections of an unknown label are dropped. Keeps the first ``keep`` images' detections."""
+
+    def __init__(
+        self, label_map: Mapping[int, int], truth_map: Mapping[int, int], keep: int, **kwargs: Any
+    ) -> None:
+        self.label_map, self.truth_map, self.keep = dict(label_map), dict(truth_map), int(keep)
+        self.kept: list[dict[str, np.ndarray]] = []
+        super().__init__(**kwargs)
+
+    def process_image(self, target: Any, pred: Any) -> None:
+        from cytobench.evaluation.base import to_numpy
+
+        classes = np.array(
+            [self.label_map.get(int(v), 0) for v in to_numpy(pred["labels"]).ravel()], np.int64
+        )
+        known = classes > 0
+        mapped = {
+            "boxes": to_numpy(pred["boxes"]).astype(np.float64).reshape(-1, 4)[known],
+            "scores": to_numpy(pred["scores"]).astype(np.float64).ravel()[known],
+            "labels": classes[known],
+        }
+        truth = dict(target)
+        truth["labels"] = np.array(
+            [self.truth_map[int(v)] for v in to_numpy(target["labels"]).ravel()], dtype=np.int64
+        )
+        super().process_image(truth, mapped)
+        if len(self.kept) < self.keep:
+            self.kept.append(mapped)
+
+
+def _truth_class_map(test_set: TestSet) -> dict[int, int]:
+    """Category id -> class id (1-24) of the test set's ground truth, by category name."""
+    from cytobench.io.coco import load_coco
+    from cytobench.simulate.chromosomes import CLASS_NAMES
+
+    categories = load_coco(test_set.ann_file)["categories"]
+    unknown = [c["name"] for c in categories if str(c["name"]) not in CLASS_NAMES]
+    if unknown:
+        raise BadInputError(test_set.ann_file, f"categories {unknown[:3]} are not chromosome classes")
+    return {int(c["id"]): CLASS_NAMES.index(str(c["name"])) + 1 for c in categories}
+
+
+def score_model(
+    model: KaryotypeModel,
+    test_set: TestSet,
+    device: Any = "cpu",
+    *,
+    score_thr: float = 0.5,
+    keep: int = 1,
+    trust: bool = False,
+) -> dict[str, Any]:
+    """Score one checkpoint on a test set with the karyotype evaluator.
+
+    Returns:
+        ``{"metrics": unprefixed summary, "confusion": 24 x 24 list, "karyotypes": per image,
+        "predictions": the first ``keep`` images' detections (lists, class ids 1-24)}``.
+    """
+    from cytobench.engine.predict import load_model_from_checkpoint
+    from cytobench.karyotype.command import karyotype_label_map
+    from cytobench.reproduce.base import run_on_test_set
+
+    net, info = load_model_from_checkpoint(model.checkpoint, device, trust=trust)
+    evaluator = _ClassIdEvaluator(
+        karyotype_label_map(info, model.checkpoint), _truth_class_map(test_set), keep, score_thr=score_thr
+    )
+    run_on_test_set(net, test_set, evaluator, device)
+    result = evaluator.result()
+    return {
+        "metrics": result.summary(),
+        "confusion": result.confusion.tolist(),
+        "karyotypes": evaluator.karyotypes(),
+        "predictions": [{k: v.tolist() for k, v in p.items()} for p in evaluator.kept],
+    }
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def _cell(values: Sequence[float], digits: int = 3) -> str:
+    """``mean`` (one value) or ``mean +- std``; '-' without a finite value."""
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    if not finite:
+        return "-"
+    mean, std = mean_std(finite)
+    return f"{mean:.{digits}f}" + (f" +- {std:.{digits}f}" if len(finite) > 1 else "")
+
+
+def _thesis_cell(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.2f}"
+
+
+def _ours_label(row: str, n: int) -> str:
+    """``YOLOv8 (ours, n=3; the thesis used YOLOv5)``."""
+    note = f"; {ROW_NOTES[row]}" if row in ROW_NOTES else ""
+    return f"{row} (ours{f', n={n}' if n > 1 else ''}{note})"
+
+
+Scores = Mapping[str, Mapping[str, Sequence[Mapping[str, float]]]]  # kind -> row -> summary per repeat
+
+
+def build_table5_1(spec: Mapping[str, Any], scores: Scores) -> tuple[str, dict[str, Any]]:
+    """Table 5.1: each thesis row (karyograms; '-' on spreads) followed by ours, then our rows without one.
+
+    Args:
+        spec: ``table5_1`` of ``papers/karyotype.yaml``.
+        scores: ``{kind: {row: [metrics of each repeat]}}`` (unprefixed karyotype summary keys).
+
+    Returns:
+        ``(markdown, {"paper", "ours", "pairs"})``; ``ours[kind][row]`` holds each column's mean, std, n.
+    """
+    columns = list(spec["columns"])
+    kinds = list(DATA_KINDS)
+    header = ["model"] + [
+        f"{c.capitalize() if c != 'f1' else 'F1'} ({KIND_TITLES[k]})" for k in kinds for c in columns
+    ]
+    ours_rows = [row for row in ROW_ORDER if any(row in scores.get(k, {}) for k in kinds)]
+
+    def ours(row: str) -> list[str]:
+        cells = []
+        n = max(len(scores.get(k, {}).get(row, [])) for k in kinds)
+        for kind in kinds:
+            runs = scores.get(kind, {}).get(row, [])
+            cells += [_cell([r.get(c, float("nan")) for r in runs]) for c in columns]
+        return [_ours_label(row, n), *cells]
+
+    rows: list[list[str]] = []
+    pairs: dict[str, str] = {}
+    for paper_row in spec["rows"]:
+        name = str(paper_row["name"])
+        thesis = [_thesis_cell(paper_row.get(c)) for c in columns] + ["-"] * len(columns)
+        rows.append(
+            [f"{name} (thesis; batch {paper_row['batch_size']}, {paper_row['epochs']} epochs)", *thesis]
+        )
+        if paper_row.get("ours") in ours_rows:
+            pairs[name] = str(paper_row["ours"])
+            rows.append(ours(pairs[name]))
+    rows += [ours(row) for row in ours_rows if row not in pairs.values()]
+    result = {
+        "caption": spec["caption"],
+        "paper": {str(r["name"]): {c: r.get(c) for c in columns} for r in spec["rows"]},
+        "pairs": pairs,
+        "ours": {
+            kind: {
+                row: {
+                    c: dict(
+                        zip(("mean", "std"), mean_std([r.get(c, float("nan")) for r in runs])), n=len(runs)
+                    )
+                    for c in [*columns, "micro_recall", "micro_precision", "micro_f1", "mAP50"]
+                }
+                for row, runs in scores.get(kind, {}).items()
+            }
+            for kind in kinds
+        },
+    }
+    return format_table(header, rows), result
+
+
+ACCURACY_COLUMNS = (  # (summary key, column title)
+    ("exact_match", "exact match"),
+    ("count_match", "count match"),
+    ("class_accuracy", "class acc."),
+    ("denver_accuracy", "Denver acc."),
+)
+
+
+def _rate_cell(runs: Sequence[Mapping[str, float]], name: str) -> str:
+    """One repeat: ``rate [lo, hi]`` (Wilson); several: ``mean +- std`` of the rates (intervals in the json)."""
+    if len(runs) == 1:
+        r = runs[0]
+        if math.isnan(r.get(name, float("nan"))):
+            return "-"
+        return f"{r[name]:.3f} [{r[f'{name}_lo']:.3f}, {r[f'{name}_hi']:.3f}]"
+    return _cell([r.get(name, float("nan")) for r in runs])
+
+
+def claims(scores: Scores, kind: str = "spread") -> list[dict[str, Any]]:
+    """The issue's target on ``kind``: the two-stage model beats every single-stage detector in (macro) F1 and
+    exact-match rate. Per detector and metric: both means and whether the two-stage one is higher."""
+    rows = scores.get(kind, {})
+    if TWO_STAGE not in rows:
+        return []
+    out = []
+    for other in ROW_ORDER:
+        if other == TWO_STAGE or other not in rows:
+            continue
+        for metric in ("f1", "exact_match"):
+            ours = mean_std([r.get(metric, float("nan")) for r in rows[TWO_STAGE]])[0]
+            theirs = mean_std([r.get(metric, float("nan")) for r in rows[other]])[0]
+            holds = bool(ours > theirs) if not (math.isnan(ours) or math.isnan(theirs)) else None
+            out.append(
+                {
+                    "kind": kind,
+                    "than": other,
+                    "metric": metric,
+                    "two_stage": ours,
+                    "other": theirs,
+                    "holds": holds,
+                }
+            )
+    return out
+
+
+def build_accuracy_table(scores: Scores) -> tuple[str, dict[str, Any]]:
+    """Whole-cell measures per data kind (spreads first) and model, the two-stage model first; then the
+    two-stage vs single-stage comparison on spreads.
+
+    Args:
+        scores: ``{kind: {row: [metrics of each repeat]}}`` (unprefixed karyotype summary keys).
+    """
+    header = [
+        "model",
+        "data",
+        "cells (abnormal)",
+        *[title for _, title in ACCURACY_COLUMNS],
+        "aneuploidy sensitivity [95% CI]",
+        "aneuploidy specificity [95% CI]",
+    ]
+    rows: list[list[str]] = []
+    ours: dict[str, dict[str, Any]] = {}
+    for kind in ("spread", "karyogram"):
+        by_row = scores.get(kind, {})
+        order = [TWO_STAGE, *[r for r in ROW_ORDER if r != TWO_STAGE]]
+        for row in [r for r in order if r in by_row]:
+            runs = by_row[row]
+            first = runs[0]
+            cells = f"{int(first.get('n_images', 0))} ({int(first.get('aneuploidy_n_abnormal', 0))})"
+            rows.append(
+                [
+                    _ours_label(row, len(runs)),
+                    KIND_TITLES[kind],
+                    cells,
+                    *[_cell([r.get(key, float("nan")) for r in runs]) for key, _ in ACCURACY_COLUMNS],
+                    _rate_cell(runs, "aneuploidy_sensitivity"),
+                    _rate_cell(runs, "aneuploidy_specificity"),
+                ]
+            )
+            keys = [k for k, _ in ACCURACY_COLUMNS] + [
+                f"aneuploidy_{m}{s}" for m in ("sensitivity", "specificity") for s in ("", "_lo", "_hi")
+            ]
+            ours.setdefault(kind, {})[row] = {
+                "n": len(runs),
+                "mean": {k: mean_std([r.get(k, float("nan")) for r in runs])[0] for k in keys},
+                "repeats": [
+                    {k: r.get(k, float("nan")) for k in [*keys, "n_images", "aneuploidy_n_abnormal"]}
+                    for r in runs
+                ],
+            }
+    table = format_table(header, rows)
+    found = claims(scores)
+    if found:
+        claim_rows = [
+            [
+                f"Two-stage > {c['than']} ({KIND_TITLES[c['kind']]})",
+                "F1" if c["metric"] == "f1" else "exact match",
+                _cell([c["two_stage"]]),
+                _cell([c["other"]]),
+                "n/a" if c["holds"] is None else ("yes" if c["holds"] else "NO"),
+            ]
+            for c in found
+        ]
+        table += "\n\n" + format_table(["claim", "metric", "two-stage", "other", "holds"], claim_rows)
+    return table, {"ours": ours, "claims": found}
+
+
+# ------------------------------------------------------------------------------------------------ command
+def _check_outputs(out_dir: Path, command: str, overwrite: bool) -> None:
+    """Refuse the command's own files already in ``out_dir`` unless ``overwrite`` (before any work)."""
+    from cytobench.io.files import refuse_existing
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInputError(out_dir, "is a file, not a folder (--out names the output folder)")
+    names, pattern = OUTPUTS[command]
+    existing = [out_dir / n for n in names if (out_dir / n).exists()]
+    existing += sorted(out_dir.glob(pattern)) if out_dir.is_dir() else []
+    refuse_existing(existing, overwrite)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def reproduce(
+    command: str,
+    models: Sequence[KaryotypeModel],
+    out_dir: str | Path,
+    *,
+    scale: str = "cpu",
+    n_test: int | None = None,
+    seed: int | None = None,
+    device: str = "cpu",
+    data_dir: str | Path | None = None,
+    score_thr: float = 0.5,
+    figures: bool = True,
+    overwrite: bool = False,
+    trust: bool = False,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Score the models and write one command's table (``table5_1`` or ``accuracy``) and figures.
+
+    Args:
+        command: ``"table5_1"`` or ``"accuracy"``.
+        models: the checkpoints (:func:`models_from_runs`, :func:`models_from_checkpoints`).
+        out_dir: folder for the tables, json, figures (and ``test_data/`` unless ``data_dir``).
+        scale: test-set size (:data:`TEST_IMAGES`), unless ``n_test``.
+        seed: test-set seed (default: each kind's training seed + 10000).
+        device: where the models run.
+        data_dir: cache of simulated test sets.
+        score_thr: detections scored >= it are the cell's chromosomes.
+        figures: write the figures.
+        overwrite: replace the command's files already in ``out_dir``.
+        trust: load pickled ultralytics checkpoints.
+        progress: where progress lines go.
+
+    Returns:
+        What the json holds, plus ``table`` (the markdown).
+    """
+    from cytobench.engine.distributed import local_device
+
+    if command not in OUTPUTS:
+        raise BadInputError("table", f"unknown karyotype table {command!r}; known: {sorted(OUTPUTS)}")
+    if not models:
+        raise BadInputError("--runs / --checkpoint", "no models to score")
+    if not 0.0 <= float(score_thr) <= 1.0:
+        raise BadInputError("--score-thr", f"must be in [0, 1], got {score_thr}")
+    out_dir = Path(out_dir)
+    _check_outputs(out_dir, command, overwrite)
+    n = int(n_test or 0) or check_scale(scale, TEST_IMAGES)
+    dev = local_device(device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache = Path(data_dir) if data_dir else out_dir / "test_data"
+
+    notes: list[str] = []
+    scores: dict[str, dict[str, list[dict[str, float]]]] = {}
+    details: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    test_sets: dict[str, dict[str, Any]] = {}
+    for kind in DATA_KINDS:
+        members = [m for m in models if m.kind == kind]
+        if not members:
+            continue
+        settings = simulator_settings(members[0].data_config)[1]
+        differ = [m.source for m in members if simulator_settings(m.data_config)[1] != settings]
+        if differ:
+            notes.append(
+                f"{len(differ)} {kind} model(s) were trained on other simulator settings than the test set's "
+                f"(e.g. {differ[0]})"
+            )
+        test_set = held_out_test_set(members[0].data_config, n, seed, cache)
+        test_sets[kind] = {
+            "ann_file": str(test_set.ann_file),
+            "n_images": n,
+            "seed": test_set.seed,
+            "settings": settings,
+        }
+        progress(f"{KIND_TITLES[kind]}: {n} held-out cells, seed {test_set.seed}, {settings}")
+        for model in sorted(members, key=lambda m: ROW_ORDER.index(m.row)):
+            progress(f"  scoring {model.row} ({model.variant}): {model.source}")
+            scored = score_model(model, test_set, dev, score_thr=score_thr, trust=trust)
+            scores.setdefault(kind, {}).setdefault(model.row, []).append(scored["metrics"])
+            details.setdefault(kind, {}).setdefault(model.row, []).append(
+                {"source": model.source, "variant": model.variant, **scored}
+            )
+    for kind in DATA_KINDS:  # rows in the tables' order
+        if kind in scores:
+            scores[kind] = {r: scores[kind][r] for r in ROW_ORDER if r in scores[kind]}
+
+    common = {
+        "scale": scale,
+        "score_thr": score_thr,
+        "test_sets": test_sets,
+        "models": {
+            kind: {
+                row: [{"source": d["source"], "variant": d["variant"]} for d in ds]
+                for row, ds in rows.items()
+            }
+            for kind, rows in details.items()
+        },
+        "notes": notes,
+    }
+    files: list[str] = []
+    if command == "table5_1":
+        table, result = build_table5_1(load_paper("karyotype")["table5_1"], scores)
+        if figures:
+            files += _prediction_figures(out_dir, details, test_sets, score_thr)
+        stem = "table5_1"
+    else:
+        table, result = build_accuracy_table(scores)
+        result["karyotypes"] = {
+            kind: {row: [d["karyotypes"] for d in ds] for row, ds in rows.items()}
+            for kind, rows in details.items()
+        }
+        result["confusion"] = {
+            kind: {row: ds[0]["confusion"] for row, ds in rows.items()} for kind, rows in details.items()
+        }
+        if figures:
+            files += _confusion_figures(out_dir, details)
+        stem = "karyotype_accuracy"
+    result.update(common)
+    result["figures"] = files
+    result["table"] = table
+    write_report(out_dir, stem, table, result)
+    result["written"] = [f"{stem}.md", f"{stem}.json", *files]
+    return result
+
+
+def _prediction_figures(
+    out_dir: Path, details: Mapping[str, Any], test_sets: Mapping[str, Any], score_thr: float
+) -> list[str]:
+    """``fig5_1_4_<kind>.png``: the first test image, the truth and each row's first model (Figs. 5.1-5.4)."""
+    from cytobench.io.images import read_image
+    from cytobench.reporting.karyotype_plots import plot_class_detections
+    from cytobench.reproduce.base import load_test_data
+
+    written = []
+    for kind, rows in details.items():
+        targets, paths = load_test_data(
+            test_sets[kind]["ann_file"], Path(test_sets[kind]["ann_file"]).parent / "images"
+        )
+        truth_map = _truth_class_map(TestSet(Path(test_sets[kind]["ann_file"]), paths[0].parent, 0))
+        truth = targets[0]
+        panels = {
+            "truth": {
+                "boxes": np.asarray(truth["boxes"]),
+                "labels": np.array([truth_map[int(v)] for v in truth["labels"]], np.int64),
+            }
+        }
+        for row, ds in rows.items():
+            pred = ds[0]["predictions"][0]
+            panels[f"{row}{f' ({ROW_NOTES[row]})' if row in ROW_NOTES else ''}"] = {
+                k: np.asarray(v) for k, v in pred.items()
+            }
+        name = f"fig5_1_4_{kind}.png"
+        plot_class_detections(
+            read_image(paths[0]).array,
+            panels,
+            out_dir / name,
+            score_thr=score_thr,
+            title=f"{KIND_TITLES[kind]}, test image {paths[0].name}: boxes scored >= {score_thr:g} (class, confidence)",
+        )
+        written.append(name)
+    return written
+
+
+def _confusion_figures(out_dir: Path, details: Mapping[str, Any]) -> list[str]:
+    """``confusion_<kind>_<row>.png``: each row's first repeat."""
+    from cytobench.reporting.karyotype_plots import plot_confusion_matrix
+
+    written = []
+    for kind, rows in details.items():
+        for row, ds in rows.items():
+            name = f"confusion_{kind}_{_slug(row)}.png"
+            plot_confusion_matrix(
+                np.asarray(ds[0]["confusion"]), out_dir / name, title=f"{row}, {KIND_TITLES[kind]}"
+            )
+            written.append(name)
+    return written
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from cytobench.cli import TRUST_CHECKPOINT_HELP
+
+    parser.add_argument(
+        "--runs", nargs="+", default=[], help="run or sweep folders (each run's checkpoints/best.pt)"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        nargs="+",
+        default=[],
+        metavar="CKPT",
+        help="karyotype model checkpoint(s) (any of the five)",
+    )
+    parser.add_argument(
+        "--scale",
+        choices=sorted(TEST_IMAGES),
+        default="cpu",
+        help="test cells per data kind: smoke 4, cpu 50, paper 200",
+    )
+    parser.add_argument("--n-test", type=int, help="test cells per data kind (overrides --scale)")
+    parser.add_argument("--seed", type=int, help="test-set seed (default: training seed + 10000)")
+    parser.add_argument("--out", default="runs/reproduce/karyotype", help="folder for tables, json, figures")
+    parser.add_argument("--data-dir", help="cache of simulated test sets (default <out>/test_data)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--score-thr", type=float, default=0.5, help="detections scored >= this are the cell's chromosomes"
+    )
+    parser.add_argument("--no-figure", action="store_true", help="skip the figures")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace this table's files already in --out"
+    )
+    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
+
+
+def _run(command: str, args: argparse.Namespace) -> dict[str, Any]:
+    if not args.runs and not args.checkpoint:
+        raise BadInputError("--runs / --checkpoint", "give run folders or checkpoints to score")
+    _check_outputs(Path(args.out), command, args.overwrite)  # before any model is read
+    models = models_from_runs(args.runs) if args.runs else []
+    models += models_from_checkpoints(args.checkpoint)
+    result = reproduce(
+        command,
+        models,
+        args.out,
+        scale=args.scale,
+        n_test=args.n_test,
+        seed=args.seed,
+        device=args.device,
+        data_dir=args.data_dir,
+        score_thr=args.score_thr,
+        figures=not args.no_figure,
+        overwrite=args.overwrite,
+        trust=args.trust_checkpoint,
+    )
+    if command == "table5_1":
+        print(result["caption"])
+    print(result["table"])
+    for note in result["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"written to {args.out}: {', '.join(result['written'])}")
+    return result
+
+
+def table5_1(args: argparse.Namespace) -> dict[str, Any]:
+    """``cytobench reproduce karyotype/table5_1``: recall, precision, F1 per model, karyograms and spreads."""
+    return _run("table5_1", args)
+
+
+def accuracy(args: argparse.Namespace) -> dict[str, Any]:
+    """``cytobench reproduce karyotype/accuracy``: exact match, Denver accuracy, aneuploidy per model."""
+    return _run("accuracy", args)
