@@ -42,14 +42,26 @@ def evaluate_files(
     iou_thr: float = 0.5,
     score_thr: float = 0.5,
     eps: Sequence[float] = (1.0, 2.0, 3.0),
-    max_dets: Sequence[int] = (1, 10, 100),
+    max_dets: Sequence[int] | None = None,
     overlap_tau: float = 0.5,
+    livecell: bool = False,
 ) -> dict[str, float]:
     """Score a COCO results file against a COCO ground-truth file; returns namespaced metrics.
 
+    ``max_dets``: COCO's maxDets; None = (1, 10, 100), or LIVECell's (100, 500, 2000) with ``livecell``.
+    ``livecell`` (coco-bbox / coco-segm): the ground truth is LIVECell json (annotations keyed by id are
+    read too, :func:`cytobench.io.livecell.load_livecell`) and it is scored under LIVECell's protocol:
+    its maxDets and area ranges (small < 18^2, medium 18^2 - 31^2, large > 31^2 pixels) with the
+    categories pooled (class-agnostic) and, for segm, each prediction's area measured by its mask.
+
     Raises:
-        BadInputError: a threshold out of range (score and IoU thresholds in [0, 1], eps > 0, maxDets >= 1).
+        BadInputError: a threshold out of range (score and IoU thresholds in [0, 1], eps > 0, maxDets >= 1),
+            or ``livecell`` with a kind other than coco-bbox / coco-segm.
     """
+    if livecell and kind not in ("coco-bbox", "coco-segm"):
+        raise BadInputError("--livecell", f"applies to coco-bbox and coco-segm, not {kind}")
+    if max_dets is None:
+        max_dets = (100, 500, 2000) if livecell else (1, 10, 100)
     check_ranges(
         [
             ("--score-thr", score_thr, 0.0 <= score_thr <= 1.0, "in [0, 1]"),
@@ -63,14 +75,29 @@ def evaluate_files(
     from cytobench.io.coco import load_coco, load_coco_results
     from cytobench.io.coco_convert import coco_to_targets, results_to_predictions
 
-    gt = load_coco(gt_path)
+    if livecell:
+        from cytobench.io.livecell import load_livecell
+
+        gt = load_livecell(gt_path)
+    else:
+        gt = load_coco(gt_path)
     results = load_coco_results(pred_path, gt)
     if kind.startswith("coco-"):
         iou_type = kind.removeprefix("coco-")
         if iou_type == "keypoints" and not any(c.get("keypoints") for c in gt["categories"]):
             raise BadInputError(gt_path, "no category defines keypoints, so keypoint AP is undefined")
+        area_ranges = None
+        if livecell:
+            from cytobench.evaluation.coco import LIVECELL_AREA_RANGES, class_agnostic_coco, without_boxes
+
+            gt, results = class_agnostic_coco(gt, results)  # fresh per-item dicts, still ours to consume
+            if iou_type == "segm":  # measured by their masks, as LIVECell's evaluation
+                results = without_boxes(results)
+            area_ranges = LIVECELL_AREA_RANGES
         try:
-            metrics = evaluate_coco(gt, results, iou_type, max_dets=tuple(max_dets), copy_inputs=False)
+            metrics = evaluate_coco(
+                gt, results, iou_type, max_dets=tuple(max_dets), area_ranges=area_ranges, copy_inputs=False
+            )
         except BadInputError as err:  # the evaluator names its inputs "ground truth" / "predictions"
             if err.path not in ("ground truth", "predictions"):
                 raise
@@ -100,6 +127,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         eps=args.eps,
         max_dets=args.max_dets,
         overlap_tau=args.overlap_tau,
+        livecell=args.livecell,
     )
     from cytobench.io.files import dumps_json, write_json_atomic
 
@@ -409,7 +437,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--score-thr", type=float, default=0.5, help="enumeration: keep detections >= this score")
     ev.add_argument("--overlap-tau", type=float, default=0.5, help="enumeration: IoG sum defining S_o")
     ev.add_argument("--eps", type=float, nargs="+", default=[1.0, 2.0, 3.0], help="localization: pixels")
-    ev.add_argument("--max-dets", type=int, nargs=3, default=[1, 10, 100], help="coco: maxDets")
+    ev.add_argument(
+        "--max-dets",
+        type=int,
+        nargs=3,
+        default=None,
+        help="coco: maxDets (default 1 10 100; --livecell: 100 500 2000)",
+    )
+    ev.add_argument(
+        "--livecell",
+        action="store_true",
+        help="coco-bbox / coco-segm: LIVECell json (annotations keyed by id are read too) scored by LIVECell's "
+        "protocol: maxDets 100 500 2000, areas small < 18^2, medium 18^2-31^2, large > 31^2, classes pooled",
+    )
     ev.add_argument("--out", help="also write the metrics json here")
     ev.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     ev.set_defaults(func=_cmd_eval)

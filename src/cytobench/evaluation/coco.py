@@ -65,6 +65,22 @@ DET_AREA_RANGES: dict[str, tuple[float, float]] = {
     "large": (96.0**2, 1e5**2),
 }
 KPT_AREA_RANGES: dict[str, tuple[float, float]] = {"medium": (32.0**2, 96.0**2), "large": (96.0**2, 1e5**2)}
+#: LIVECell's protocol (Edlund et al. 2021, their ``coco_evaluation.py``): cells are small and dense, so the
+#: area ranges are small < 18^2, medium 18^2 - 31^2, large > 31^2 pixels, and up to 2000 detections per image
+#: count (AP at the last maxDets); categories are pooled (``useCats = 0``), which is ``class_agnostic=True``.
+LIVECELL_AREA_RANGES: dict[str, tuple[float, float]] = {
+    "small": (0.0, 18.0**2),
+    "medium": (18.0**2, 31.0**2),
+    "large": (31.0**2, 1e5**2),
+}
+LIVECELL_MAX_DETS: tuple[int, ...] = (100, 500, 2000)
+#: Target keys :class:`CocoEvaluator` can score predictions against (``truth_masks``).
+TRUTH_MASK_KEYS = ("masks", "amodal_masks")
+#: How a segm result's area (for the area ranges) is measured (``segm_det_area``): ``"box"``, what both COCO
+#: libraries do with results that carry a ``bbox`` (its w * h), or ``"mask"``, its mask's pixel count.
+SEGM_DET_AREAS = ("box", "mask")
+#: The one category every object gets when categories are pooled (``class_agnostic``).
+AGNOSTIC_CATEGORY: dict[str, Any] = {"id": 1, "name": "object"}
 _AREA_TAGS = {"small": "s", "medium": "m", "large": "l"}
 
 
@@ -364,6 +380,37 @@ def evaluate_coco(
     return summarize_coco(arrays, iou_type)
 
 
+def class_agnostic_coco(
+    gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Copies of a dataset dict and a results list with every object in one category.
+
+    Pooling the categories this way is what pycocotools' ``useCats = 0`` does (LIVECell's protocol): every
+    prediction may match every ground-truth object of its image, whatever either's class. The copies are
+    shallow per item (the ``category_id`` is replaced, everything else shared), so pass
+    ``copy_inputs=True`` (the default) to :func:`evaluate_coco` if the originals are reused.
+
+    Returns:
+        ``(gt, results)``: ``categories`` is ``[AGNOSTIC_CATEGORY]`` (id 1) and every ``category_id`` is 1.
+    """
+    cat_id = AGNOSTIC_CATEGORY["id"]
+    out = {key: value for key, value in gt.items() if key not in ("annotations", "categories")}
+    out["annotations"] = [{**ann, "category_id": cat_id} for ann in gt.get("annotations", [])]
+    out["categories"] = [dict(AGNOSTIC_CATEGORY)]
+    return out, [{**res, "category_id": cat_id} for res in results]
+
+
+def without_boxes(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Results without their ``bbox``, so that segm evaluation measures each result by its mask.
+
+    Both COCO libraries' ``loadRes`` take a result's area from its ``bbox`` (w * h) whenever the first
+    result has one, also for segm evaluation; the area decides which area range an unmatched detection
+    counts in. LIVECell's evaluation (after detectron2's) drops the boxes so that the mask's pixel count
+    is used: that is ``segm_det_area="mask"``. Shallow copies; the inputs are not changed.
+    """
+    return [{key: value for key, value in res.items() if key != "bbox"} for res in results]
+
+
 class CocoEvaluator(Evaluator):
     """Accumulates targets / predictions as COCO json and reports :func:`evaluate_coco` metrics.
 
@@ -381,6 +428,16 @@ class CocoEvaluator(Evaluator):
         prefix: namespace of the metric keys.
         backend: ``"faster"`` or ``"pycocotools"``.
         kpt_oks_sigmas: OKS sigmas for keypoints (see :func:`evaluate_coco`).
+        class_agnostic: pool the categories: every ground-truth object and prediction is put in one
+            category (:data:`AGNOSTIC_CATEGORY`), so a prediction may match an object of any class
+            (pycocotools' ``useCats = 0``, LIVECell's protocol). ``categories`` is then ignored.
+        truth_masks: the target key whose masks are the truth for ``segm``: ``"masks"`` (visible parts,
+            the default) or ``"amodal_masks"`` (whole objects, hidden parts included). With amodal
+            truth an object's area (for the area ranges) is its amodal mask's pixel count, not the
+            target's ``area`` (which describes the visible outline).
+        segm_det_area: how a prediction's area is measured for the ``segm`` area ranges: ``"box"`` (the
+            default: its box's w * h, what both COCO libraries do with results that carry a box) or
+            ``"mask"`` (its mask's pixel count, LIVECell's protocol; see :func:`without_boxes`).
     """
 
     def __init__(
@@ -392,10 +449,20 @@ class CocoEvaluator(Evaluator):
         prefix: str = "coco",
         backend: str = "faster",
         kpt_oks_sigmas: Sequence[float] | None = None,
+        class_agnostic: bool = False,
+        truth_masks: str = "masks",
+        segm_det_area: str = "box",
     ) -> None:
         bad = [t for t in iou_types if t not in IOU_TYPES]
         if bad:
             raise ValueError(f"unknown iou_types {bad}; choose from {IOU_TYPES}")
+        if truth_masks not in TRUTH_MASK_KEYS:
+            raise ValueError(f"truth_masks must be one of {TRUTH_MASK_KEYS}, got {truth_masks!r}")
+        if segm_det_area not in SEGM_DET_AREAS:
+            raise ValueError(f"segm_det_area must be one of {SEGM_DET_AREAS}, got {segm_det_area!r}")
+        self.segm_det_area = segm_det_area
+        self.class_agnostic = bool(class_agnostic)
+        self.truth_masks = truth_masks
         self.iou_types = tuple(iou_types)
         self.max_dets = tuple(max_dets) if max_dets is not None else None
         self.area_ranges = dict(area_ranges) if area_ranges is not None else None
@@ -414,12 +481,37 @@ class CocoEvaluator(Evaluator):
         self._seen: set[int] = set()
 
     def process_image(self, target: Target, pred: Prediction) -> None:
+        image, anns, results = self._convert(target, pred)
+        self._add_image(image)
+        self._packed.append(json.dumps([anns, results], separators=(",", ":")).encode())
+
+    def _truth(self, target: Target) -> Target:
+        """The target with ``truth_masks`` as its ``masks`` (the target itself for visible truth)."""
+        if self.truth_masks == "masks":
+            return target
+        if target.get(self.truth_masks) is None:
+            raise BadInputError(
+                "targets",
+                f"has no '{self.truth_masks}' (the evaluator scores against truth_masks={self.truth_masks!r})",
+                f"image {target.get('image_id')}",
+            )
+        out = {key: value for key, value in target.items() if key != "area"}  # area of the amodal mask
+        out["masks"] = target[self.truth_masks]
+        return out  # type: ignore[return-value]
+
+    def _convert(
+        self, target: Target, pred: Prediction
+    ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+        """One image as a COCO image entry, its annotations and its results (pooled if class-agnostic)."""
         masks = "segm" in self.iou_types
         kps = "keypoints" in self.iou_types
+        target = self._truth(target) if masks else target
         image, anns = target_to_coco(target, 1, image_size(target, pred), masks, kps)
-        self._add_image(image)
         results = prediction_to_coco(pred, image["id"], masks, kps)
-        self._packed.append(json.dumps([anns, results], separators=(",", ":")).encode())
+        if self.class_agnostic:
+            for item in (*anns, *results):
+                item["category_id"] = AGNOSTIC_CATEGORY["id"]
+        return image, anns, results
 
     def _add_image(self, image: dict[str, Any]) -> None:
         if image["id"] in self._seen:
@@ -451,12 +543,12 @@ class CocoEvaluator(Evaluator):
         return anns, results
 
     def _gt(self, anns: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[str, Any]:
-        ids = [a["category_id"] for a in anns] + [r["category_id"] for r in results]
-        return {
-            "images": self._images,
-            "annotations": anns,
-            "categories": make_categories(self.categories, ids),
-        }
+        if self.class_agnostic:
+            categories = [dict(AGNOSTIC_CATEGORY)]
+        else:
+            ids = [a["category_id"] for a in anns] + [r["category_id"] for r in results]
+            categories = make_categories(self.categories, ids)
+        return {"images": self._images, "annotations": anns, "categories": categories}
 
     def coco_gt(self) -> dict[str, Any]:
         """The accumulated ground truth as a COCO dataset dict."""
@@ -467,6 +559,10 @@ class CocoEvaluator(Evaluator):
         """The accumulated predictions as a COCO results list."""
         return self._unpacked()[1]
 
+    def _scored(self, results: list[dict[str, Any]], iou_type: str) -> list[dict[str, Any]]:
+        """The results as ``iou_type`` evaluation gets them (boxes left out for segm by mask area)."""
+        return without_boxes(results) if iou_type == "segm" and self.segm_det_area == "mask" else results
+
     def compute(self) -> dict[str, float]:
         anns, results = self._unpacked()  # fresh dicts, used once: the COCO libraries may consume them
         gt = self._gt(anns, results)
@@ -474,7 +570,7 @@ class CocoEvaluator(Evaluator):
         for i, iou_type in enumerate(self.iou_types):
             stats = evaluate_coco(
                 gt,
-                results,
+                self._scored(results, iou_type),
                 iou_type,
                 self.max_dets,
                 self.area_ranges,
@@ -487,12 +583,19 @@ class CocoEvaluator(Evaluator):
 
 
 __all__ = [
+    "AGNOSTIC_CATEGORY",
     "COCO_KPT_SIGMAS",
+    "LIVECELL_AREA_RANGES",
+    "LIVECELL_MAX_DETS",
+    "SEGM_DET_AREAS",
+    "TRUTH_MASK_KEYS",
     "CocoEvaluator",
     "accumulate_coco",
+    "class_agnostic_coco",
     "coco_gt_from_targets",
     "coco_results_from_predictions",
     "default_max_dets",
     "evaluate_coco",
     "summarize_coco",
+    "without_boxes",
 ]

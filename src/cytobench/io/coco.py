@@ -20,7 +20,7 @@ from typing import Any
 from cytobench.errors import BadInputError, CorruptAnnotation
 from cytobench.io.files import write_json_atomic
 
-__all__ = ["BOX_TOLERANCE", "load_coco", "load_coco_results", "save_coco", "save_coco_results"]
+__all__ = ["BOX_TOLERANCE", "check_coco", "load_coco", "load_coco_results", "save_coco", "save_coco_results"]
 
 BOX_TOLERANCE = 1.0  # pixels a box may exceed its image by (rounding in external tools)
 
@@ -43,7 +43,20 @@ def load_coco(path: str | Path, *, tolerance: float = BOX_TOLERANCE) -> dict[str
         BadInputError: the file is missing.
         CorruptAnnotation: the json is malformed or violates one of the checks.
     """
-    data = _read_json(path)
+    return check_coco(_read_json(path), path, tolerance=tolerance)
+
+
+def check_coco(data: Any, path: str | Path, *, tolerance: float = BOX_TOLERANCE) -> dict[str, Any]:
+    """Validate a COCO dataset dict already in memory (the checks of :func:`load_coco`); returns it.
+
+    Args:
+        data: the parsed json.
+        path: the file it came from (named in errors).
+        tolerance: how far (pixels) a box may exceed the image border.
+
+    Raises:
+        CorruptAnnotation: ``data`` violates one of the checks.
+    """
     if not isinstance(data, dict):
         raise CorruptAnnotation(path, "expected a JSON object with 'images', 'annotations' and 'categories'")
     for key in ("images", "annotations", "categories"):
