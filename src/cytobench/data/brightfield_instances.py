@@ -105,10 +105,13 @@ def cells_only_coco(
     }
 
 
-def derive_brightfield_instances(out_dir: str | Path, planes: Sequence[int]) -> Path:
+def derive_brightfield_instances(
+    out_dir: str | Path, planes: Sequence[int], splits: Sequence[str] = SPLITS
+) -> Path:
     """Write the cells-only split jsons and plane composites of the simulated set ``out_dir`` lies in.
 
-    ``out_dir`` is a direct child of the simulated folder (paths in the jsons are ``../images/...``).
+    ``out_dir`` is a direct child of the simulated folder (paths in the jsons are ``../images/...``);
+    ``splits`` are the source jsons (a held-out test set has one, ``annotations.json``).
     """
     out_dir = Path(out_dir)
     source_dir = out_dir.parent
@@ -116,7 +119,7 @@ def derive_brightfield_instances(out_dir: str | Path, planes: Sequence[int]) -> 
     planes = [int(i) for i in planes]
     if not 1 <= len(planes) <= 3:
         raise BadInputError("data.planes", f"YOLO composites take 1 to 3 planes, got {planes}")
-    for split in SPLITS:
+    for split in splits:
         coco = json.loads((source_dir / split).read_text(encoding="utf-8"))
 
         def composite_name(info: Mapping[str, Any]) -> str:

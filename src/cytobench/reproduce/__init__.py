@@ -23,6 +23,10 @@ REPRODUCTIONS: dict[str, str] = {
     "deepace/table10": "cytobench.reproduce.deepace_tables:table10",
     "fish/table1": "cytobench.reproduce.fish_table1:run",
     **{f"brightfield/table5_{k}": f"cytobench.reproduce.brightfield_tables:table5_{k}" for k in range(1, 7)},
+    **{
+        f"brightfield/table5_{k}": f"cytobench.reproduce.brightfield_instances:table5_{k}"
+        for k in (7, 9, 10, 11)
+    },
     "karyotype/table5_1": "cytobench.reproduce.karyotype_tables:table5_1",
     "karyotype/accuracy": "cytobench.reproduce.karyotype_tables:accuracy",
 }

@@ -63,7 +63,11 @@ __all__ = [
 
 TEST_SEED_OFFSET = 10_000  # default test seed = the training data's seed + this
 # keys of a data config's ``prepare`` node that are not settings of the images (besides any "_..." key)
-NOT_SIMULATOR_SETTINGS = frozenset({"simulator", "out_dir", "n_images", "seed", "val_fraction"})
+# prepare keys that are not image settings: where and how many, and the arguments of a prepare that derives a
+# view of the simulation (data=brightfield_instances: its folder and plane selection)
+NOT_SIMULATOR_SETTINGS = frozenset(
+    {"simulator", "out_dir", "n_images", "seed", "val_fraction", "instances_dir", "planes"}
+)
 
 
 # ------------------------------------------------------------------------------------------ paper
