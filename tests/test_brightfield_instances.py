@@ -27,6 +27,7 @@ SMOKES = (  # Mask R-CNN ResNet-50-FPN: 64 s on a loaded 2-core machine; the oth
     pytest.param("mask_rcnn_brightfield_smoke", marks=pytest.mark.slow),
     "yolov8_seg_brightfield_smoke",
     "seunet_watershed_smoke",
+    "sparse_seunet_smoke",
 )
 COCO_KEYS = {
     f"coco/segm_{s}" for s in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "AR500", "AR2000")
@@ -96,6 +97,24 @@ def test_targets_carry_cells_with_visible_and_amodal_masks(instances: Path) -> N
         instances, instances / "train.json", heads=["cytoplasm", "nuclei", "border", "background"]
     )
     assert set(torch.unique(seunet[0][1]["semantic"]).tolist()) == {0, 1, 2, 3}
+
+
+def test_the_overlap_head_gets_its_maps(instances: Path) -> None:
+    """SparseSEU-Net's overlap head: the overlap map (pixels of 2+ amodal cells), and its attention map."""
+    plain = brightfield_instance_dataset(instances, instances / "train.json")[0][1]
+    assert "overlap" not in plain and "overlap_attention" not in plain
+    _, target = brightfield_instance_dataset(
+        instances,
+        instances / "train.json",
+        overlap_map=True,
+        attention_mask=True,
+        attention_key="overlap_attention",
+    )[0]
+    covered = target["amodal_masks"].sum(dim=0)
+    np.testing.assert_array_equal(target["overlap"].numpy(), (covered >= 2).numpy().astype(np.uint8))
+    assert target["overlap_attention"].shape == target["overlap"].shape
+    no_attention = brightfield_instance_dataset(instances, instances / "train.json", overlap_map=True)[0][1]
+    assert "overlap" in no_attention and "overlap_attention" not in no_attention
 
 
 def test_the_two_category_json_is_refused(instances: Path) -> None:
@@ -183,7 +202,9 @@ def test_an_object_whose_visible_part_leaves_the_crop_is_dropped(tmp_path: Path)
     assert target["amodal_masks"].shape == (1, 20, 20)
 
 
-@pytest.mark.parametrize("name", ["mask_rcnn_brightfield", "yolov8_seg_brightfield", "seunet_watershed"])
+@pytest.mark.parametrize(
+    "name", ["mask_rcnn_brightfield", "yolov8_seg_brightfield", "seunet_watershed", "sparse_seunet"]
+)
 @pytest.mark.parametrize("level", ["smoke", "cpu", "paper"])
 def test_experiments_share_data_and_evaluator(name: str, level: str, tmp_path: Path) -> None:
     cfg = compose_config([f"experiment={name}", f"scale={level}"], tmp_path, tmp_path / "data")
@@ -197,6 +218,10 @@ def test_experiments_share_data_and_evaluator(name: str, level: str, tmp_path: P
     elif name == "yolov8_seg_brightfield":
         assert c["model"]["imgsz"] == {"smoke": 160, "cpu": 256, "paper": 512}[level]
         assert c["model"]["eval"]["max_det"] == 1000
+    elif name == "sparse_seunet":
+        n = {"smoke": 20, "cpu": 50, "paper": 100}[level]
+        assert c["model"]["num_instances"] == n and c["model"]["aggregation"] == "single"
+        assert c["data"]["train"]["overlap_map"] is False  # on only with model.overlap_head
     else:
         depth = {"smoke": 2, "cpu": 3, "paper": 4}[level]
         assert c["model"]["depth"] == depth and c["model"]["heads"] == [

@@ -190,6 +190,21 @@ class BrightfieldInstances(CocoDetectionDataset):
         return image, target
 
 
+def _instance_maps(
+    heads: Sequence[str] | None,
+    attention_key: str | None,
+    overlap_loss: str | None,
+    overlap_map: bool,
+    attention_mask: bool,
+) -> list[str]:
+    """The maps a set yields: SEU-Net's heads' (``heads``), or an instance model's overlap head's."""
+    if heads is not None:
+        return _model_maps(heads, attention_key, overlap_loss)
+    if overlap_map:
+        return _model_maps(["overlap"], attention_key if attention_mask else None, "focal")
+    return []
+
+
 def brightfield_instance_dataset(
     root: str | Path,
     ann_file: str | Path,
@@ -203,6 +218,8 @@ def brightfield_instance_dataset(
     seed: int = 0,
     min_mask_pixels: int = 1,
     cache_computed_maps: bool = True,
+    overlap_map: bool = False,
+    attention_mask: bool = False,
 ) -> BrightfieldInstances:
     """A cells-only brightfield set with instance masks (module docstring).
 
@@ -215,6 +232,8 @@ def brightfield_instance_dataset(
         amodal: also yield ``amodal_masks`` (whole cells, hidden parts included).
         transforms / seed / cache_computed_maps: as in :class:`CocoDetectionDataset`.
         min_mask_pixels: objects with fewer visible pixels after augmentation are dropped.
+        overlap_map / attention_mask: an instance model's overlap head (SparseSEU-Net's ``overlap_head``):
+            also yield ``overlap``, and with ``attention_mask`` the ``attention_key`` map of its focal loss.
     """
     heads = None if heads is None else [str(h) for h in heads]
     planes = None if planes is None else [int(i) for i in planes]
@@ -226,7 +245,7 @@ def brightfield_instance_dataset(
         with_masks=True,
         with_amodal_masks=bool(amodal),
         with_semantic=heads is not None,
-        maps=_model_maps(heads, attention_key, overlap_loss) if heads is not None else (),
+        maps=_instance_maps(heads, attention_key, overlap_loss, overlap_map, attention_mask),
         planes=planes,
         cache_computed_maps=cache_computed_maps,
         min_mask_pixels=min_mask_pixels,
@@ -238,6 +257,8 @@ def brightfield_instance_dataset(
         )
     # the nucleus category is left out by design: the nuclei head reads the semantic map file, as the others
     checked = None if heads is None else ["cytoplasm" if h == "nuclei" else h for h in heads]
+    if checked is None and overlap_map:
+        checked = ["overlap"]
     check_brightfield_contract(dataset.coco, ann_file, checked, planes)
     return dataset
 
