@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,14 +75,10 @@ def models_from_runs(roots: Sequence[str | Path]) -> list[TrainedModel]:
 
     Runs without one are left out and said so on stderr.
     """
-    from cytobench.reproduce.runs import collect_runs
+    from cytobench.reproduce.runs import runs_with_checkpoint
 
-    models, missing = [], []
-    for run in collect_runs(roots):
-        checkpoint = run.path / "checkpoints" / "best.pt"
-        if not checkpoint.is_file():
-            missing.append(str(run.path))
-            continue
+    models = []
+    for checkpoint, run in runs_with_checkpoint(roots):
         config = run.config
         models.append(
             TrainedModel(
@@ -93,10 +88,6 @@ def models_from_runs(roots: Sequence[str | Path]) -> list[TrainedModel]:
                 str(run.path),
                 dict(config.get("trainer") or {}),
             )
-        )
-    if missing:
-        print(
-            f"left out {len(missing)} run(s) without checkpoints/best.pt, e.g. {missing[0]}", file=sys.stderr
         )
     return models
 

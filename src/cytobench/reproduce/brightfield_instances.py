@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,7 @@ from cytobench.reproduce.brightfield_eval import (
     models_from_runs,
     shared_test_set,
 )
-from cytobench.reproduce.brightfield_tables import one_sided_welch
+from cytobench.reproduce.brightfield_tables import add_common_arguments, one_sided_welch, print_result
 
 __all__ = ["TABLES", "build_table", "instance_scorer", "model_label", "reproduce", "sparse_variant"]
 
@@ -428,29 +427,8 @@ def reproduce(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--runs", nargs="+", help="run or sweep folders (each run's checkpoints/best.pt)")
-    source.add_argument(
-        "--checkpoint", nargs="+", metavar="CKPT", help="instance-model training checkpoint(s)"
-    )
-    parser.add_argument(
-        "--scale",
-        choices=sorted(TEST_IMAGES),
-        default="cpu",
-        help="test-set size: smoke 2, cpu 10, paper 5 images",
-    )
-    parser.add_argument("--n-test", type=int, help="test images (overrides --scale)")
-    parser.add_argument("--seed", type=int, help="test-set seed (default: training seed + 10000)")
-    parser.add_argument(
-        "--out", default="runs/reproduce/brightfield", help="folder for tables, json, figures"
-    )
-    parser.add_argument("--data-dir", help="cache of simulated test sets (default <out>/test_data)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_common_arguments(parser, "instance-model", "instance figure")
     parser.add_argument("--amodal", action="store_true", help="score against whole (amodal) cells")
-    parser.add_argument(
-        "--no-cache", action="store_true", help="re-evaluate even if eval_cache.json has the model"
-    )
-    parser.add_argument("--no-figure", action="store_true", help="skip the instance figure")
 
 
 def _run(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -468,11 +446,7 @@ def _run(name: str, args: argparse.Namespace) -> dict[str, Any]:
         use_cache=not args.no_cache,
         figure=not args.no_figure,
     )
-    print(f"{result['caption']}\n{result['table']}")
-    for note in result["notes"]:
-        print(f"note: {note}", file=sys.stderr)
-    written = [f"{name}.md", f"{name}.json"] + ([Path(result["figure"]).name] if "figure" in result else [])
-    print(f"written to {args.out}: {', '.join(written)}")
+    print_result(name, args.out, result)
     return result
 
 

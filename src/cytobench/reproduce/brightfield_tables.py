@@ -473,10 +473,11 @@ def reproduce(
     return result
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser, what: str, figure: str) -> None:
+    """The arguments every brightfield table takes: models (``what`` they are), test set, output, figure."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--runs", nargs="+", help="run or sweep folders (each run's checkpoints/best.pt)")
-    source.add_argument("--checkpoint", nargs="+", metavar="CKPT", help="SEU-Net training checkpoint(s)")
+    source.add_argument("--checkpoint", nargs="+", metavar="CKPT", help=f"{what} training checkpoint(s)")
     parser.add_argument(
         "--scale",
         choices=sorted(TEST_IMAGES),
@@ -491,16 +492,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="cache of simulated test sets (default <out>/test_data)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument(
+        "--no-cache", action="store_true", help="re-evaluate even if eval_cache.json has the model"
+    )
+    parser.add_argument("--no-figure", action="store_true", help=f"skip the {figure}")
+
+
+def print_result(name: str, out: str | Path, result: Mapping[str, Any], lines: Sequence[str] = ()) -> None:
+    """The table and ``lines`` on stdout, the notes on stderr, then what was written where."""
+    print(f"{result['caption']}\n{result['table']}")
+    for line in lines:
+        print(line)
+    for note in result["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    written = [f"{name}.md", f"{name}.json"] + ([Path(result["figure"]).name] if "figure" in result else [])
+    print(f"written to {out}: {', '.join(written)}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser, "SEU-Net", "prediction figure")
+    parser.add_argument(
         "--threshold",
         action="append",
         default=[],
         metavar="HEAD=T",
         help="override a head's threshold, e.g. overlap=0.5",
     )
-    parser.add_argument(
-        "--no-cache", action="store_true", help="re-evaluate even if eval_cache.json has the model"
-    )
-    parser.add_argument("--no-figure", action="store_true", help="skip the prediction figure")
 
 
 def parse_thresholds(items: Sequence[str]) -> dict[str, float]:
@@ -538,16 +554,11 @@ def _run(name: str, args: argparse.Namespace) -> dict[str, Any]:
         use_cache=not args.no_cache,
         figure=not args.no_figure,
     )
-    print(f"{result['caption']}\n{result['table']}")
-    print("Scale (ours): " + " | ".join(result["training_scales"]))
-    print(
-        "Models (ours; heads, decoder[, overlap loss, attention map]): "
-        + " | ".join(result["model_variants"])
+    scale = "Scale (ours): " + " | ".join(result["training_scales"])
+    variants = "Models (ours; heads, decoder[, overlap loss, attention map]): " + " | ".join(
+        result["model_variants"]
     )
-    for note in result["notes"]:
-        print(f"note: {note}", file=sys.stderr)
-    written = [f"{name}.md", f"{name}.json"] + ([Path(result["figure"]).name] if "figure" in result else [])
-    print(f"written to {args.out}: {', '.join(written)}")
+    print_result(name, args.out, result, [scale, variants])
     return result
 
 

@@ -208,21 +208,12 @@ def models_from_checkpoints(paths: Sequence[str | Path]) -> list[KaryotypeModel]
 
 def models_from_runs(roots: Sequence[str | Path]) -> list[KaryotypeModel]:
     """The finished runs below ``roots`` with a ``checkpoints/best.pt`` (others are named on stderr)."""
-    from cytobench.reproduce.runs import collect_runs
+    from cytobench.reproduce.runs import runs_with_checkpoint
 
-    models, missing = [], []
-    for run in collect_runs(roots):
-        checkpoint = run.path / "checkpoints" / "best.pt"
-        if not checkpoint.is_file():
-            missing.append(str(run.path))
-            continue
-        config = run.config
-        models.append(_model(checkpoint, config.get("model") or {}, config.get("data") or {}, str(run.path)))
-    if missing:
-        print(
-            f"left out {len(missing)} run(s) without checkpoints/best.pt, e.g. {missing[0]}", file=sys.stderr
-        )
-    return models
+    return [
+        _model(checkpoint, run.config.get("model") or {}, run.config.get("data") or {}, str(run.path))
+        for checkpoint, run in runs_with_checkpoint(roots)
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ scoring

@@ -101,3 +101,20 @@ def group_runs(runs: Sequence[Run], label: Callable[[Run], str | None]) -> dict[
         if name is not None:
             groups.setdefault(name, []).append(run)
     return groups
+
+
+def runs_with_checkpoint(roots: Iterable[str | Path], name: str = "best.pt") -> list[tuple[Path, Run]]:
+    """``(checkpoints/<name>, run)`` of every finished run below ``roots`` that has one; the others are
+    named on stderr (a run killed before its first checkpoint, or a sweep job still running)."""
+    out, missing = [], []
+    for run in collect_runs(roots):
+        checkpoint = run.path / "checkpoints" / name
+        if checkpoint.is_file():
+            out.append((checkpoint, run))
+        else:
+            missing.append(str(run.path))
+    if missing:
+        print(
+            f"left out {len(missing)} run(s) without checkpoints/{name}, e.g. {missing[0]}", file=sys.stderr
+        )
+    return out
