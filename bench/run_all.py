@@ -35,6 +35,8 @@ ROOT = BENCH_DIR.parent
 ARGS: dict[str, list[str]] = {
     "bench_brightfield_simulator": [],  # 1080 px (the claim's size) and 512 px, 3 repeats
     "bench_coco_eval": [],  # the claim is about 5,000 images (COCO val's size): kept
+    # 200 dense images at LIVECell's maxDets (the claim's size); pycocotools scores 40 of them, scaled (~1 min)
+    "bench_dense_segm_eval": [],
     "bench_deepace_step": [],  # 10 alternating steps per model: the median CPU s/step is stable
     "bench_eg_nms": [],  # N = 300, 1000, 2000, 5 repeats; the literal-loop baseline dominates
     "bench_enumeration": [],  # 275 images x 46 boxes (the paper's test set), 20 repeats
@@ -50,6 +52,9 @@ ARGS: dict[str, list[str]] = {
     "bench_overlap_maps": [],  # 512 px, 50 cells, 5 repeats
     "bench_qd_simulator": [],  # chunks of 4,096 images, 7 repeats, 8,192 images on disk
     "bench_seunet_memory": [],  # 512 px, batch 4: the claim's size
+    # 512 px, N = 100, batch 2 (the claims' sizes); 2 inference calls per model, one training step (its peak
+    # RSS is the peak: later steps reuse the allocator's memory)
+    "bench_sparse_seunet": ["--repeats", "2", "--steps", "1"],
     # the default single repeat is one sample of a CPU measurement that load moves by 2x: median of 3
     "bench_seunet_sliding": ["--repeats", "3"],
     # 3 epochs x 3 alternating rounds (the default): training must last well over the adapter's fixed
