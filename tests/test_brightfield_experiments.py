@@ -41,8 +41,10 @@ from cytobench.simulate.brightfield import simulate_brightfield
 from cytobench.train import run
 from tests.conftest import CONF_DIR, ROOT, compose_config
 
-SEUNET_EXPERIMENTS = sorted(  # the pixel experiments; seunet_watershed* is an instance baseline (its own tests)
-    p.stem for p in (CONF_DIR / "experiment").glob("seunet*.yaml") if "watershed" not in p.stem
+SEUNET_EXPERIMENTS = (
+    sorted(  # the pixel experiments; seunet_watershed* is an instance baseline (its own tests)
+        p.stem for p in (CONF_DIR / "experiment").glob("seunet*.yaml") if "watershed" not in p.stem
+    )
 )
 ALL_HEADS = ("cytoplasm", "nuclei", "border", "background", "overlap")
 
