@@ -320,6 +320,7 @@ def _cmd_simulate_brightfield(args: argparse.Namespace) -> None:
             seed=args.seed,
             overlap_fraction=args.overlap_fraction,
             val_fraction=args.val_fraction,
+            pixel_scale=args.pixel_scale,
         )
     except (ValueError, OSError) as err:  # bad argument or unwritable --out: one line, no traceback
         raise CytobenchError(f"simulate brightfield: {err}") from None
@@ -584,6 +585,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.3,
         help="fraction of cells overlapping another cell, in [0, 1] (mean over images)",
+    )
+    bsim.add_argument(
+        "--pixel-scale",
+        type=float,
+        default=1.0,
+        help="magnification relative to the thesis' x63 images: 0.5 halves cells, halos and blur in px "
+        "(cell radius 40-60 px at 1)",
     )
     bsim.add_argument("--val-fraction", type=float, help="write train.json + val.json (last images = val)")
     bsim.add_argument("--out", required=True)

@@ -292,6 +292,31 @@ def test_image_depends_only_on_seed_and_index() -> None:
     assert np.array_equal(one.truth.semantic, again.truth.semantic)
 
 
+# --------------------------------------------------------------------------------------- pixel scale
+def test_scaled_params_shrink_every_pixel_length_and_keep_the_rest() -> None:
+    assert PARAMS.scaled(1.0) == PARAMS  # the default data sets are unchanged
+    half = PARAMS.scaled(0.5)
+    assert half.cell_radius_px == (20.0, 30.0) and half.halo_sigma_px == 3.0
+    assert half.defocus_sigma_px == (1.0, 1.5) and half.edge_ramp_px == (1.0, 2.5)
+    assert half.debris_radius_px == (0.75, 2.5) and half.debris_per_mpx == 160.0  # same debris per cell
+    assert half.elongation == PARAMS.elongation and half.coverage == PARAMS.coverage
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="pixel scale must be a positive number"):
+            PARAMS.scaled(bad)
+
+
+def test_pixel_scale_makes_small_and_medium_cells_under_livecell_areas(tmp_path: Path) -> None:
+    """At 0.2 the visible cell areas straddle LIVECell's small / medium limit (18^2 px); at 1 all are large."""
+    areas = {}
+    for scale in (1.0, 0.2):
+        coco = load_coco(simulate_brightfield(2, tmp_path / str(scale), size=256, seed=1, pixel_scale=scale))
+        areas[scale] = np.array([a["area"] for a in coco["annotations"] if a["category_id"] == 1])
+    assert (areas[1.0] > 31**2).all()
+    assert len(areas[0.2]) > 10 * len(areas[1.0])  # ~25x the cells on the same field
+    small, medium = (areas[0.2] < 18**2).mean(), ((areas[0.2] >= 18**2) & (areas[0.2] <= 31**2)).mean()
+    assert small > 0.2 and medium > 0.2 and small + medium == 1.0
+
+
 # ----------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     ("size", "fraction", "fault"),

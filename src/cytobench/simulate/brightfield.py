@@ -183,6 +183,7 @@ def simulate_brightfield(
     overlap_fraction: float = 0.3,
     val_fraction: float | None = None,
     params: BrightfieldParams | None = None,
+    pixel_scale: float = 1.0,
 ) -> Path:
     """Simulate ``n_images`` labelled brightfield samples into ``out_dir`` (module docstring).
 
@@ -195,6 +196,9 @@ def simulate_brightfield(
         val_fraction: None writes ``annotations.json``; a fraction in (0, 1) writes ``train.json`` and
             ``val.json`` (the last ``round(n * val_fraction)`` images, at least one, form ``val``).
         params: simulator knobs.
+        pixel_scale: magnification relative to the thesis' x63 images (``params`` lengths are in their
+            pixels): 0.5 draws every cell, halo and blur at half the size in pixels, so the same ``size``
+            holds about four times as many cells (smaller cells for LIVECell's small / medium areas).
 
     Returns:
         Path of ``annotations.json``, or of ``train.json`` (``val.json`` lies beside it) when splitting.
@@ -207,7 +211,7 @@ def simulate_brightfield(
     n_images = check_n_images(n_images)
     seed = check_seed(seed)
     check_val_fraction(val_fraction, n_images)
-    params = params or BrightfieldParams()
+    params = (params or BrightfieldParams()).scaled(float(pixel_scale))
     check_brightfield_request(width, height, overlap_fraction, params)
     out_dir = check_out_dir(out_dir)
     images: list[dict[str, Any]] = []

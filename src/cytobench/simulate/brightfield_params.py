@@ -9,7 +9,7 @@ per image (:func:`draw_optics`) or per cell (the shape knobs, in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -84,6 +84,23 @@ class BrightfieldParams:
     debris_radius_px: Span = (1.5, 5.0)
     debris_height: Span = (0.3, 1.0)
     placement_tries: int = 60
+
+    def scaled(self, factor: float) -> BrightfieldParams:
+        """The same cells and optics at ``factor`` times the magnification (0.5: half as many px per um).
+
+        Every length in pixels (the ``*_px`` knobs) is multiplied by ``factor`` and the debris density
+        per megapixel divided by ``factor**2``, so cells, halos, blur and debris keep their proportions.
+        """
+        if not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"pixel scale must be a positive number, got {factor!r}")
+        changes: dict[str, object] = {"debris_per_mpx": self.debris_per_mpx / factor**2}
+        for field in fields(self):
+            if field.name.endswith("_px"):
+                value = getattr(self, field.name)
+                changes[field.name] = (
+                    tuple(v * factor for v in value) if isinstance(value, tuple) else value * factor
+                )
+        return replace(self, **changes)
 
     @property
     def mean_cell_area(self) -> float:
