@@ -136,6 +136,11 @@ def test_per_class_precision_recall_f1_by_hand() -> None:
     # AP50: class 1 ranks TP (0.9), FP (0.3) over 2 truths -> 0.5; class 2 ranks FP, TP over 1 truth -> 0.5
     np.testing.assert_allclose(res.ap50[:3], [0.5, 0.5, NAN])
     assert m["mAP50"] == pytest.approx(0.5)
+    # best class-mean F1 over the classes with truth (1 and 2), thresholds 0.9, 0.8, 0.7, 0.3:
+    # mean F1 (2/3 + 0) / 2, (2/3 + 0) / 2, (2/3 + 2/3) / 2, (1/2 + 2/3) / 2 -> 0.7 wins
+    assert m["best_f1"] == pytest.approx(2 / 3) and m["best_f1_conf"] == 0.7
+    assert m["best_f1_precision"] == pytest.approx((1 + 0.5) / 2)
+    assert m["best_f1_recall"] == pytest.approx((0.5 + 1) / 2)
 
 
 def test_prf_from_counts_nan_where_undefined() -> None:
