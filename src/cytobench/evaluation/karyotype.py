@@ -403,8 +403,8 @@ class KaryotypeEvaluator(Evaluator):
     ``karyo/denver_accuracy``, ``karyo/exact_match``, ``karyo/count_match``, ``karyo/n_images``,
     ``karyo/aneuploidy_sensitivity`` and ``karyo/aneuploidy_specificity`` (each with ``_lo`` / ``_hi``),
     ``karyo/aneuploidy_n_abnormal``, ``karyo/aneuploidy_n_normal``, ``karyo/best_f1`` with
-    ``karyo/best_f1_precision``, ``karyo/best_f1_recall`` and ``karyo/best_f1_conf`` (YOLOv5's way), and ``karyo/f1_<name>`` per class
-    (``f1_1`` .. ``f1_22``, ``f1_X``, ``f1_Y``). :meth:`result` gives the arrays (confusion matrix for
+    ``karyo/best_f1_precision``, ``karyo/best_f1_recall`` and ``karyo/best_f1_conf`` (YOLOv5's way),
+    and ``karyo/f1_<name>`` per class (``f1_1`` .. ``f1_22``, ``f1_X``, ``f1_Y``). :meth:`result` gives the arrays (confusion matrix for
     :func:`cytobench.reporting.karyotype_plots.plot_confusion_matrix`), :meth:`karyotypes` the ISCN
     strings per image.
 

@@ -318,6 +318,14 @@ def _ours_label(row: str, n: int) -> str:
 Scores = Mapping[str, Mapping[str, Sequence[Mapping[str, float]]]]  # kind -> row -> summary per repeat
 
 
+#: ours at the confidence of the best class-mean F1 (:mod:`cytobench.evaluation.karyotype`)
+BEST_F1 = ("best_f1_recall", "best_f1_precision", "best_f1", "best_f1_conf")
+BEST_F1_TITLE = (
+    "Ours at the confidence of the best class-mean F1, chosen on the test cells themselves (how YOLOv5's "
+    "validation reports P and R, so the thesis' YOLO row; optimistic beside the fixed score threshold above):"
+)
+
+
 def build_table5_1(spec: Mapping[str, Any], scores: Scores) -> tuple[str, dict[str, Any]]:
     """Table 5.1: each thesis row (karyograms; '-' on spreads) followed by ours, then our rows without one.
 
@@ -384,13 +392,6 @@ def build_table5_1(spec: Mapping[str, Any], scores: Scores) -> tuple[str, dict[s
     best = format_table(["model", "images", "recall", "precision", "F1", "confidence"], best_rows)
     return f"{format_table(header, rows)}\n\n{BEST_F1_TITLE}\n\n{best}", result
 
-
-#: ours at the confidence of the best class-mean F1 (:mod:`cytobench.evaluation.karyotype`)
-BEST_F1 = ("best_f1_recall", "best_f1_precision", "best_f1", "best_f1_conf")
-BEST_F1_TITLE = (
-    "Ours at the confidence of the best class-mean F1, chosen on the test cells themselves (how YOLOv5's "
-    "validation reports P and R, so the thesis' YOLO row; optimistic beside the fixed score threshold above):"
-)
 
 ACCURACY_COLUMNS = (  # (summary key, column title)
     ("exact_match", "exact match"),
