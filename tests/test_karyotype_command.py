@@ -204,6 +204,55 @@ def test_single_image_with_masks(
     assert "47,XY,+21" in (out / "karyotypes.md").read_text()
 
 
+class CellStepDetector(ColourCodedDetector):
+    """ColourCodedDetector with a whole-cell step, as a YOLO karyotyper's pair prior: it calls every
+    chromosome of the cell 1 and records how many detections each call saw."""
+
+    calls: list[int] = []
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__(num_classes)
+        self.pair_prior = True
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        out = super().forward(images)
+        return [self.cell_step(pred) for pred in out] if self.pair_prior else out
+
+    def cell_step(self, pred: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        CellStepDetector.calls.append(len(pred["boxes"]))
+        return {**pred, "labels": torch.ones_like(pred["labels"])}
+
+
+def test_the_cell_step_sees_the_whole_image_also_when_it_is_tiled(
+    ckpt: dict[str, Path], cells: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "cell_step.pt"
+    state = {
+        "model": CellStepDetector(25).state_dict(),
+        "model_config": {"_target_": f"{__name__}.CellStepDetector"},
+        "data_config": None,
+        "num_classes": 25,
+        "label_to_cat_id": {k + 1: k + 1 for k in range(24)},
+        "categories": KARYOTYPE_CATEGORIES,
+    }
+    torch.save(state, path)
+    image = str(cells / "cell_a.png")  # 160 x 132 px: 64 px windows tile it
+    for flag, calls in (([], [46]), (["--no-pair-prior"], [])):
+        CellStepDetector.calls = []
+        out = tmp_path / f"out{len(flag)}"
+        argv = ["--checkpoint", str(path), "--images", image, "--out", str(out), "--tile", "64", *flag]
+        code, _, err = run(argv, capsys)
+        assert code == 0, err
+        entry = json.loads((out / "karyotypes.json").read_text())["images"][0]
+        assert CellStepDetector.calls == calls  # once, on all 46 detections of the tiled image
+        assert entry["counts"]["1"] == (46 if calls else 2)
+    code, _, err = run(  # a model without a pair prior: one line, exit 2
+        ["--checkpoint", str(ckpt["boxes"]), "--images", image, "--out", str(tmp_path / "x"), "--pair-prior"],
+        capsys,
+    )
+    assert code == 2 and err.count("\n") == 1 and "has no pair prior" in err
+
+
 def test_refuses_checkpoints_of_other_classes(
     ckpt: dict[str, Path], cells: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -240,6 +240,38 @@ def test_table5_1_scores_each_row_beside_the_thesis(stand_ins: dict, tmp_path: P
     assert exact["Faster R-CNN"]["mean"]["class_accuracy"] == pytest.approx(1 - n21 / counts.sum())
 
 
+def test_a_yolo_karyotyper_is_scored_raw_and_again_with_its_pair_prior(
+    stand_ins: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The YOLO row stays the raw detections (the thesis' row); a second row scores the same checkpoint with
+    its pair prior on. Models whose prior cannot be switched get one row."""
+    from cytobench.reproduce import karyotype_tables
+
+    real, calls = karyotype_tables.score_model, []
+
+    def recording(model: KaryotypeModel, test_set: object, device: object, **kwargs: object) -> dict:
+        calls.append((model.row, kwargs["pair_prior"]))
+        scored = real(model, test_set, device, **kwargs)
+        assert scored["switchable_prior"] is False  # the stand-ins are not YOLO models
+        scored["switchable_prior"] = model.row == "YOLOv8"  # as for a YOLO karyotyper
+        return scored
+
+    monkeypatch.setattr(karyotype_tables, "score_model", recording)
+    models = [stand_ins["models"]["SSD"], stand_ins["models"]["YOLOv8"]]
+    result = reproduce(
+        "accuracy",
+        models,
+        tmp_path,
+        n_test=N_TEST,
+        data_dir=stand_ins["root"] / "test_sets",
+        figures=False,
+        progress=lambda _: None,
+    )
+    assert calls == [("YOLOv8", False), ("YOLOv8", True), ("SSD", False)]
+    assert list(result["ours"]["karyogram"]) == ["YOLOv8", "YOLOv8 + pair prior", "SSD"]
+    assert "| YOLOv8 + pair prior (ours; the same weights; one box per chromosome" in result["table"]
+
+
 def test_cli_refuses_to_overwrite_before_reading_the_checkpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -335,7 +367,10 @@ def test_smoke_models_end_to_end(data_dir: Path, tmp_path: Path, capsys: pytest.
     capsys.readouterr()
     result = json.loads((out / "table5_1.json").read_text())
     ours = result["ours"]["karyogram"]
-    assert sorted(ours) == sorted(["YOLOv8", "Faster R-CNN", "R-FCN", "SSD", "Two-stage"])
+    # the YOLO run twice: raw (the thesis' row) and with its pair prior
+    assert sorted(ours) == sorted(
+        ["YOLOv8", "YOLOv8 + pair prior", "Faster R-CNN", "R-FCN", "SSD", "Two-stage"]
+    )
     for row in ours.values():
         for column in ("recall", "precision", "f1"):
             value = row[column]["mean"]

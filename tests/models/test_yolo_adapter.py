@@ -155,6 +155,91 @@ def test_model_hands_ultralytics_bgr_and_returns_empty_predictions_at_image_size
         YoloModel(fake, [], task="pose")
 
 
+# --------------------------------------------------------------------------------- class scores, pair prior
+def test_detect_predictions_carry_every_class_score_and_match_the_stock_predictor() -> None:
+    """The predictor that also returns class_scores keeps ultralytics' own boxes, scores and labels."""
+    yolo = build_yolo_model("yolov8n.yaml")  # random init, 80 classes
+    categories = [{"id": c + 1, "name": str(c)} for c in range(80)]
+    model = YoloModel(yolo, categories, task="detect", imgsz=64, conf=0.0, max_det=50).eval()
+    image = torch.rand(3, 48, 64, generator=torch.Generator().manual_seed(0))
+    (ours,) = model([image])
+    yolo.predictor = None  # ultralytics keeps its predictor between calls unless told another class
+    monkeypatched = pytest.MonkeyPatch()
+    monkeypatched.setattr(yolo_module, "_class_scores_predictor", lambda: None)
+    try:
+        (stock,) = model([image])
+    finally:
+        monkeypatched.undo()
+    n = len(ours["boxes"])
+    assert n > 5 and "class_scores" not in stock
+    for key in ("boxes", "scores", "labels"):
+        assert torch.equal(ours[key], stock[key]), key
+    assert ours["class_scores"].shape == (n, 80)
+    picked = ours["class_scores"].gather(1, (ours["labels"] - 1)[:, None])[:, 0]
+    assert torch.equal(picked, ours["scores"])  # a box's score is its label's class score
+    assert torch.equal(ours["class_scores"].max(dim=1).values, ours["scores"])
+
+
+def test_pair_prior_keeps_one_box_per_chromosome_and_labels_the_cell_jointly() -> None:
+    """Hand case: a chromosome torn between 4 and 5 (two boxes), three confident 1s, a faint box."""
+    from cytobench.simulate.chromosomes import CLASS_NAMES
+
+    names = list(reversed(CLASS_NAMES))  # YOLO class c is chromosome class 24 - c: the prior maps by name
+    categories = [{"id": 100 + c, "name": n} for c, n in enumerate(names)]
+    model = YoloModel(None, categories, task="detect", pair_prior=True)
+    column = {n: c for c, n in enumerate(names)}
+
+    def scores(**by_class: float) -> np.ndarray:
+        row = np.full(24, 0.001, np.float32)
+        for name, value in by_class.items():
+            row[column[name.lstrip("c")]] = value
+        return row
+
+    boxes = np.array(
+        [
+            [0, 0, 10, 40],  # 4 or 5: 0.40 / 0.35, existence ~0.77
+            [0, 1, 10, 41],  # the same chromosome, 5 first: 0.38 / 0.30 (IoU 0.95): dropped
+            [20, 0, 30, 60],  # three 1s; the third's runner-up is 2
+            [40, 0, 50, 60],
+            [60, 0, 70, 60],
+            [80, 0, 90, 20],  # faint: existence ~0.2 < 0.5, out of the cell, keeps its likeliest class
+        ],
+        np.float32,
+    )
+    class_scores = np.stack(
+        [
+            scores(c4=0.40, c5=0.35),
+            scores(c5=0.38, c4=0.30),
+            scores(c1=0.95),
+            scores(c1=0.94),
+            scores(c1=0.80, c2=0.30),
+            scores(c1=0.15, c21=0.03),
+        ]
+    )
+    pred = {
+        "boxes": torch.from_numpy(boxes),
+        "scores": torch.from_numpy(class_scores.max(axis=1)),
+        "labels": torch.from_numpy(class_scores.argmax(axis=1) + 1),
+        "class_scores": torch.from_numpy(class_scores),
+    }
+    out = {k: v.numpy() for k, v in model.cell_step(pred).items()}
+    existence = np.minimum(class_scores.sum(axis=1), 1.0)
+    kept = [0, 2, 3, 4, 5]  # by existence, then greedy: box 1 overlaps box 0
+    assert sorted(out["boxes"][:, 0].tolist()) == sorted(boxes[kept, 0].tolist())
+    by_x = {float(b[0]): i for i, b in enumerate(out["boxes"])}
+    chromosome = {x: names[int(out["labels"][i]) - 1] for x, i in by_x.items()}
+    # 4 (free) for the torn one; 1, 1 and the third to its free runner-up 2; the faint one stays 1
+    assert chromosome == {0.0: "4", 20.0: "1", 40.0: "1", 60.0: "2", 80.0: "1"}
+    for k in kept:  # each kept box: scored by its existence, its class scores carried along
+        i = by_x[float(boxes[k, 0])]
+        assert out["scores"][i] == pytest.approx(existence[k], rel=1e-6)
+        np.testing.assert_array_equal(out["class_scores"][i], class_scores[k])
+    with pytest.raises(BadInputError, match="24 chromosome classes"):
+        YoloModel(None, [{"id": 1, "name": "chromosome"}], task="detect", pair_prior=True).cell_step(pred)
+    with pytest.raises(BadInputError, match="task detect"):
+        YoloModel(None, categories, task="segment", pair_prior=True)
+
+
 # ----------------------------------------------------------------------------------------------- export
 def test_export_polygons_read_back_by_ultralytics_match_coco_masks(toy: Path, tmp_path: Path) -> None:
     from ultralytics.data.utils import verify_image_label

@@ -92,6 +92,13 @@ def add_karyotype_arguments(parser: argparse.ArgumentParser) -> None:
         help="window side in px for images larger than the training images (default: the run's training size, "
         "used for images over 1.5 times it; 0: never tile)",
     )
+    parser.add_argument(
+        "--pair-prior",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="label each cell under the pair prior (YOLO and two-stage models; default: as the run was "
+        "trained: on for experiment=karyotype_yolo / karyotype_two_stage)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
     parser.add_argument(
@@ -211,6 +218,14 @@ class _Detector:
         self.device = local_device(args.device)
         model, info = load_model_from_checkpoint(args.checkpoint, self.device, trust=args.trust_checkpoint)
         self.label_map = karyotype_label_map(info, args.checkpoint)
+        if args.pair_prior is not None:
+            if not hasattr(model, "pair_prior"):
+                raise BadInputError(args.checkpoint, f"a {type(model).__name__} has no pair prior (--pair-prior)")
+            model.pair_prior = bool(args.pair_prior)
+        # a model's whole-cell step runs once on the whole image's detections, also when the image is tiled
+        self.cell_step = None
+        if getattr(model, "pair_prior", False) and hasattr(model, "cell_step"):
+            model.pair_prior, self.cell_step = False, model.cell_step
         window = training_image_size(info.get("data_config")) if args.tile is None else int(args.tile)
         if getattr(model, "tiles_itself", False):
             window = 0
@@ -226,6 +241,8 @@ class _Detector:
         tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).to(self.device)
         with torch.no_grad():
             pred = self.predictor.predict_one(tensor)
+            if self.cell_step is not None:
+                pred = self.cell_step(pred)
         boxes = to_numpy(pred["boxes"]).astype(np.float64).reshape(-1, 4)
         scores = to_numpy(pred["scores"]).astype(np.float64).reshape(-1)
         labels = to_numpy(pred["labels"]).astype(np.int64).reshape(-1)

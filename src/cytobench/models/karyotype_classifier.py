@@ -67,6 +67,7 @@ __all__ = [
     "ChromosomeClassifier",
     "ChromosomeGeometry",
     "assign_with_pair_prior",
+    "cell_labels",
     "chromosome_geometry",
     "crops_from_detections",
     "relative_lengths",
@@ -464,4 +465,25 @@ def assign_with_pair_prior(logits: Any, cap: int = 2, penalty: float = DEFAULT_P
         labels[either] = np.where(xy[either, 0] <= xy[either, 1], X_CLASS, Y_CLASS)
     if is_tensor:
         return torch.as_tensor(labels, device=logits.device)
+    return labels
+
+
+def cell_labels(
+    logits: torch.Tensor,
+    in_cell: torch.Tensor,
+    pair_prior: bool = True,
+    cap: int = 2,
+    penalty: float = DEFAULT_PRIOR_PENALTY,
+) -> torch.Tensor:
+    """Labels 1-24 of one cell's detections: the pair prior's over those ``in_cell``, the likeliest class
+    for the rest (and for all when ``pair_prior`` is off).
+
+    Args:
+        logits: (N, 24) class logits, or logs of any positive class scores (e.g. of a YOLO head's
+            per-class sigmoids), columns in class order 1-22, X, Y; the prior normalises each row.
+        in_cell: (N,) bool: the detections that make up the cell (e.g. detector score >= 0.5).
+    """
+    labels = logits.argmax(dim=1) + 1
+    if pair_prior and bool(in_cell.any()):
+        labels[in_cell] = assign_with_pair_prior(logits[in_cell], cap, penalty).to(labels.device)
     return labels

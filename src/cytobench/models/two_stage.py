@@ -44,7 +44,7 @@ from cytobench.models.karyotype_classifier import (
     DEFAULT_PRIOR_PENALTY,
     N_CHROMOSOME_CLASSES,
     ChromosomeClassifier,
-    assign_with_pair_prior,
+    cell_labels,
     chromosome_geometry,
     crops_from_detections,
     relative_lengths,
@@ -248,9 +248,7 @@ class TwoStageKaryotyper(nn.Module):
             own = logits[start : start + m]
             start += m
             probs = own.softmax(dim=1)
-            labels = probs.argmax(dim=1) + 1
-            if self.pair_prior and bool(in_cell.any()):
-                labels[in_cell] = assign_with_pair_prior(own[in_cell], self.prior_cap, self.prior_penalty)
+            labels = cell_labels(own, in_cell, self.pair_prior, self.prior_cap, self.prior_penalty)
             p_label = probs.gather(1, (labels - 1)[:, None])[:, 0]
             det_score = det["scores"]
             score = det_score * p_label if self.score_mode == "product" else det_score.clone()

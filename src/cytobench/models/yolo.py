@@ -307,8 +307,10 @@ class YoloModel(torch.nn.Module):
 
     In eval mode ``model(images)`` takes ``list[Tensor]`` (C x H x W in [0, 1], as every dataset gives)
     and returns ``list[Prediction]``: ``boxes`` (N, 4) float32 xyxy pixels of the input image,
-    ``scores`` (N,), ``labels`` (N,) int64 in 1..K (``categories[label - 1]``) and, for ``segment``,
-    ``masks`` (N, H, W) uint8 at the input size. So ``cytobench predict``, the evaluators, ``fish
+    ``scores`` (N,), ``labels`` (N,) int64 in 1..K (``categories[label - 1]``), for ``detect``
+    ``class_scores`` (N, K): the head's score of every class for each kept box (column ``label - 1`` is
+    ``scores``, except under ``pair_prior``), and, for ``segment``, ``masks`` (N, H, W) uint8 at the
+    input size. So ``cytobench predict``, the evaluators, ``fish
     analyze`` and the reproduce modules run it like any torch model. Training runs through ultralytics'
     own trainer (:mod:`cytobench.engine.ultralytics_run`), chosen by this class as the model config's
     ``_target_`` (:func:`build_yolo`); ``model(images, targets)`` in train mode is an error.
@@ -325,6 +327,16 @@ class YoloModel(torch.nn.Module):
         conf: lowest score kept (~0.001 for AP, where the whole precision-recall curve counts).
         iou: NMS IoU threshold (class-wise, as ultralytics).
         max_det: most detections per image (dense images: raise it, e.g. 2000).
+        pair_prior: karyotyping (``detect`` on the 24 chromosome classes): each image is one cell, and
+            each chromosome has one class. A detection's score becomes its *existence*, the sum of its
+            per-class scores (at most 1: a chromosome torn between 4 and 5, 0.4 each, is still there);
+            a class-agnostic NMS at ``cell_nms_iou`` keeps one box per chromosome (the stock NMS is
+            per class, so such a chromosome may come as a 4 and a 5); the kept boxes with existence >=
+            ``cell_score_thr`` are labelled jointly under the pair prior
+            (:func:`~cytobench.models.karyotype_classifier.cell_labels`, the two-stage model's), the
+            others by their likeliest class. Measured on simulated karyograms (experiments/karyotype).
+        cell_score_thr: boxes with at least this existence form the cell (pair prior).
+        cell_nms_iou: IoU above which the class-agnostic NMS drops the less likely of two boxes.
         train_settings: what :mod:`cytobench.engine.ultralytics_run` needs to train it (model config).
     """
 
@@ -337,15 +349,24 @@ class YoloModel(torch.nn.Module):
         conf: float = 0.001,
         iou: float = 0.7,
         max_det: int = 300,
+        pair_prior: bool = False,
+        cell_score_thr: float = 0.5,
+        cell_nms_iou: float = 0.5,
         train_settings: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if task not in TASKS:
             raise BadInputError("model.task", f"{task!r} is not one of {TASKS}")
+        if pair_prior and task != "detect":
+            raise BadInputError(
+                "model.eval.pair_prior", "the pair prior relabels karyotype detections (task detect)"
+            )
         object.__setattr__(self, "yolo", yolo)  # not a submodule (see Args)
         self.categories = [dict(c) for c in categories]
         self.task, self.imgsz = task, int(imgsz)
         self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)
+        self.pair_prior, self.cell_score_thr = bool(pair_prior), float(cell_score_thr)
+        self.cell_nms_iou = float(cell_nms_iou)
         self.train_settings = dict(train_settings or {})
         self.eval_batch_size = int(self.train_settings.get("eval_batch_size", 8))
         self.metadata: dict[str, Any] = {}
@@ -368,6 +389,7 @@ class YoloModel(torch.nn.Module):
         arrays = [to_uint8_rgb(img.detach().cpu().permute(1, 2, 0).numpy()) for img in images]
         results = self.yolo.predict(
             source=[np.ascontiguousarray(a[:, :, ::-1]) for a in arrays],  # ultralytics takes numpy as BGR
+            predictor=_class_scores_predictor() if self.task == "detect" else None,
             imgsz=self.imgsz,
             conf=self.conf,
             iou=self.iou,
@@ -380,8 +402,42 @@ class YoloModel(torch.nn.Module):
         out = []
         for result, array in zip(results, arrays):
             pred = _result_to_prediction(result, array.shape[:2], self.task == "segment")
-            out.append({k: torch.from_numpy(v).to(device) for k, v in pred.items()})
+            tensors = {k: torch.from_numpy(v).to(device) for k, v in pred.items()}
+            out.append(self.cell_step(tensors) if self.pair_prior else tensors)
         return out
+
+    def cell_step(self, pred: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One image's detections (with ``class_scores``) as one cell of chromosomes (Args: ``pair_prior``).
+
+        ``model(images)`` runs it when ``pair_prior`` is on; a caller that tiles a large image turns that off
+        and runs it once on the merged detections, so that the whole image is the cell.
+        """
+        import torchvision
+
+        from cytobench.models.karyotype_classifier import cell_labels
+
+        columns = torch.as_tensor(self._chromosome_columns(), device=pred["boxes"].device)
+        class_scores = pred["class_scores"][:, columns].double()  # class order 1-22, X, Y
+        existence = class_scores.sum(dim=1).clamp(max=1.0)
+        keep = torchvision.ops.nms(pred["boxes"].double(), existence, self.cell_nms_iou)
+        existence, class_scores = existence[keep], class_scores[keep]
+        classes = cell_labels(class_scores.clamp(min=1e-12).log(), existence >= self.cell_score_thr)
+        out = {k: v[keep] for k, v in pred.items()}
+        out["labels"] = (columns[classes - 1] + 1).to(torch.int64)
+        out["scores"] = existence.to(pred["scores"].dtype)
+        return out
+
+    def _chromosome_columns(self) -> list[int]:
+        """The YOLO class (column) of each chromosome class 1-22, X, Y, found by category name."""
+        from cytobench.simulate.chromosomes import CLASS_NAMES
+
+        names = [str(c.get("name")) for c in self.categories]
+        if sorted(names) != sorted(CLASS_NAMES):
+            raise BadInputError(
+                "model.eval.pair_prior",
+                f"the pair prior needs the 24 chromosome classes 1..22, X, Y; the model has {len(names)} classes",
+            )
+        return [names.index(name) for name in CLASS_NAMES]
 
 
 def build_yolo(
@@ -411,7 +467,8 @@ def build_yolo(
             pickled ultralytics ``.pt`` (e.g. COCO-pretrained).
         imgsz: training and inference size.
         train_args: arguments of ``YOLO.train`` (epochs, batch, lr0, augmentation, ...).
-        eval: how the val split is predicted for scoring: ``imgsz``, ``conf``, ``iou``, ``max_det``, ``batch_size``.
+        eval: how the val split is predicted for scoring: ``imgsz``, ``conf``, ``iou``, ``max_det``, ``batch_size``,
+            ``pair_prior``, ``cell_score_thr``, ``cell_nms_iou`` (:class:`YoloModel`).
         extra_train: more COCO sets for training only: ``[{images, ann_file, prepare (optional)}]``.
         trust_weights: load a pickled ultralytics ``weights_path``; unpickling runs whatever code the file
             names, so only for files whose source you trust (``model.trust_weights=true``).
@@ -435,8 +492,53 @@ def build_yolo(
         conf=float(ev.get("conf", 0.001)),
         iou=float(ev.get("iou", 0.7)),
         max_det=int(ev.get("max_det", 300)),
+        pair_prior=bool(ev.get("pair_prior", False)),
+        cell_score_thr=float(ev.get("cell_score_thr", 0.5)),
+        cell_nms_iou=float(ev.get("cell_nms_iou", 0.5)),
         train_settings=settings,
     )
+
+
+_PREDICTOR_CLASS: Any = None
+
+
+def _class_scores_predictor() -> Any:
+    """ultralytics' ``DetectionPredictor`` whose results also carry ``class_scores`` (every class's score of
+    each kept box); the boxes, scores and labels are the stock predictor's: the same NMS call, which also
+    returns the kept boxes' indices into the head's output."""
+    global _PREDICTOR_CLASS
+    if _PREDICTOR_CLASS is not None:
+        return _PREDICTOR_CLASS
+    from ultralytics.models.yolo.detect import DetectionPredictor
+    from ultralytics.utils import nms
+
+    class ClassScoresPredictor(DetectionPredictor):
+        def postprocess(self, preds: Any, img: Any, orig_imgs: Any, **kwargs: Any) -> Any:
+            raw = preds[0] if isinstance(preds, (list, tuple)) else preds
+            if getattr(self.model, "end2end", False) or raw.ndim != 3:  # no per-class rows: the stock path
+                return super().postprocess(preds, img, orig_imgs, **kwargs)
+            kept, index = nms.non_max_suppression(
+                raw,
+                self.args.conf,
+                kwargs.pop("iou", self.args.iou),
+                self.args.classes,
+                self.args.agnostic_nms,
+                max_det=self.args.max_det,
+                nc=0,
+                return_idxs=True,
+            )
+            if not isinstance(orig_imgs, list):
+                from ultralytics.utils import ops
+
+                orig_imgs = ops.convert_torch2numpy_batch(orig_imgs)[..., ::-1]
+            results = self.construct_results(kept, img, orig_imgs, **kwargs)
+            n_classes = len(self.model.names)
+            for result, head, idx in zip(results, raw, index):  # head: (4 + classes, anchors)
+                result.class_scores = head[4 : 4 + n_classes, idx.long().view(-1)].T
+            return results
+
+    _PREDICTOR_CLASS = ClassScoresPredictor
+    return _PREDICTOR_CLASS
 
 
 def _result_to_prediction(result: Any, shape: tuple[int, int], with_masks: bool) -> dict[str, np.ndarray]:
@@ -455,6 +557,10 @@ def _result_to_prediction(result: Any, shape: tuple[int, int], with_masks: bool)
             "scores": boxes.conf.cpu().numpy().astype(np.float32).reshape(-1),
             "labels": boxes.cls.cpu().numpy().astype(np.int64).reshape(-1) + 1,
         }
+    class_scores = getattr(result, "class_scores", None)
+    if class_scores is not None:
+        n_classes = len(result.names)
+        pred["class_scores"] = class_scores.float().cpu().numpy().reshape(n, n_classes)
     if not with_masks:
         return pred
     masks = np.zeros((n, height, width), np.uint8)
@@ -475,7 +581,7 @@ def load_yolo_model(
 ) -> YoloModel:
     """Load a YOLO checkpoint written by a cytobench run (or a plain ultralytics ``.pt``) as a :class:`YoloModel`.
 
-    Prediction settings (``imgsz``, ``conf``, ``iou``, ``max_det``) are the run's own (its model config's
+    Prediction settings (``imgsz``, ``conf``, ``iou``, ``max_det``, the pair prior's) are the run's own (its model config's
     ``eval`` node), so ``cytobench predict`` predicts as the run scored its val split; ``overrides``
     replace them.
 
@@ -510,6 +616,9 @@ def load_yolo_model(
         "conf": float(ev.get("conf", 0.001)),
         "iou": float(ev.get("iou", 0.7)),
         "max_det": int(ev.get("max_det", 300)),
+        "pair_prior": bool(ev.get("pair_prior", False)),
+        "cell_score_thr": float(ev.get("cell_score_thr", 0.5)),
+        "cell_nms_iou": float(ev.get("cell_nms_iou", 0.5)),
     }
     settings.update({k: v for k, v in overrides.items() if v is not None})
     model = YoloModel(yolo, categories, task=task, **settings)

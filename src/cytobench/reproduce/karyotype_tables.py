@@ -96,10 +96,15 @@ MODEL_ROWS = {
     "cytobench.models.ssd.build_ssd": "SSD",
     "cytobench.models.two_stage.build_two_stage": "Two-stage",
 }
-ROW_ORDER = tuple(MODEL_ROWS.values())
+#: a YOLO karyotyper scored a second time with its cell post-processing on (``YoloModel``'s ``pair_prior``)
+YOLO_PRIOR_ROW = "YOLOv8 + pair prior"
+ROW_ORDER = ("YOLOv8", YOLO_PRIOR_ROW, *list(MODEL_ROWS.values())[1:])
 TWO_STAGE = "Two-stage"
-#: said in our YOLO row: the thesis' model was another YOLO
-ROW_NOTES = {"YOLOv8": "the thesis used YOLOv5"}
+#: said in our YOLO rows: the thesis' model was another YOLO
+ROW_NOTES = {
+    "YOLOv8": "the thesis used YOLOv5",
+    YOLO_PRIOR_ROW: "the same weights; one box per chromosome, classes by the pair prior",
+}
 OUTPUTS = {  # command -> (its fixed files, its globbed files)
     "table5_1": (("table5_1.md", "table5_1.json"), "fig5_1_4_*.png"),
     "accuracy": (("karyotype_accuracy.md", "karyotype_accuracy.json"), "confusion_*.png"),
@@ -270,18 +275,28 @@ def score_model(
     score_thr: float = 0.5,
     keep: int = 1,
     trust: bool = False,
+    pair_prior: bool | None = None,
 ) -> dict[str, Any]:
     """Score one checkpoint on a test set with the karyotype evaluator.
 
+    Args:
+        pair_prior: for a YOLO karyotyper, its cell post-processing on or off (``YoloModel``'s
+            ``pair_prior``); None: as the run saved it. Other models ignore it.
+
     Returns:
         ``{"metrics": unprefixed summary, "confusion": 24 x 24 list, "karyotypes": per image,
-        "predictions": the first ``keep`` images' detections (lists, class ids 1-24)}``.
+        "predictions": the first ``keep`` images' detections (lists, class ids 1-24),
+        "switchable_prior": whether ``pair_prior`` applies to this model}``.
     """
     from cytobench.engine.predict import load_model_from_checkpoint
     from cytobench.karyotype.command import karyotype_label_map
+    from cytobench.models.yolo import YoloModel
     from cytobench.reproduce.base import run_on_test_set
 
     net, info = load_model_from_checkpoint(model.checkpoint, device, trust=trust)
+    switchable = isinstance(net, YoloModel) and net.task == "detect"
+    if switchable and pair_prior is not None:
+        net.pair_prior = bool(pair_prior)
     evaluator = _ClassIdEvaluator(
         karyotype_label_map(info, model.checkpoint), _truth_class_map(test_set), keep, score_thr=score_thr
     )
@@ -292,6 +307,7 @@ def score_model(
         "confusion": result.confusion.tolist(),
         "karyotypes": evaluator.karyotypes(),
         "predictions": [{k: v.tolist() for k, v in p.items()} for p in evaluator.kept],
+        "switchable_prior": switchable,
     }
 
 
@@ -591,12 +607,19 @@ def reproduce(
         }
         progress(f"{KIND_TITLES[kind]}: {n} held-out cells, seed {test_set.seed}, {settings}")
         for model in sorted(members, key=lambda m: ROW_ORDER.index(m.row)):
-            progress(f"  scoring {model.row} ({model.variant}): {model.source}")
-            scored = score_model(model, test_set, dev, score_thr=score_thr, trust=trust)
-            scores.setdefault(kind, {}).setdefault(model.row, []).append(scored["metrics"])
-            details.setdefault(kind, {}).setdefault(model.row, []).append(
-                {"source": model.source, "variant": model.variant, **scored}
-            )
+            # YOLO's own row as the thesis' (raw detections); a YOLO karyotyper once more with its pair prior
+            for row, pair_prior in ((model.row, False), (YOLO_PRIOR_ROW, True)):
+                progress(f"  scoring {row} ({model.variant}): {model.source}")
+                scored = score_model(
+                    model, test_set, dev, score_thr=score_thr, trust=trust, pair_prior=pair_prior
+                )
+                switchable = scored.pop("switchable_prior")
+                scores.setdefault(kind, {}).setdefault(row, []).append(scored["metrics"])
+                details.setdefault(kind, {}).setdefault(row, []).append(
+                    {"source": model.source, "variant": model.variant, **scored}
+                )
+                if not switchable:
+                    break
     for kind in DATA_KINDS:  # rows in the tables' order
         if kind in scores:
             scores[kind] = {r: scores[kind][r] for r in ROW_ORDER if r in scores[kind]}
