@@ -168,6 +168,11 @@ def test_pair_prior_is_applied_to_the_cell_at_inference() -> None:
     with torch.no_grad():
         plain = model._predict([torch.rand(1, 64, 64)], detections)[0]
     assert plain["labels"].tolist() == [1, 1, 1]
+    # the cell step on the merged detections (a tiled image) gives what model(images) gave, from the
+    # probabilities and detection scores alone
+    again = model.cell_step(plain)
+    assert torch.equal(again["labels"], pred["labels"]) and torch.allclose(again["scores"], pred["scores"])
+    assert torch.equal(model.cell_step(pred)["labels"], pred["labels"])
 
 
 def test_predict_modes_classify_each_post_processing() -> None:

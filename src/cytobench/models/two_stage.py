@@ -263,6 +263,21 @@ class TwoStageKaryotyper(nn.Module):
             out.append(pred)
         return out
 
+    def cell_step(self, pred: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Labels and scores of one image's detections from their ``class_scores`` and
+        ``detection_scores``, the image being one cell: what ``model(images)`` does after classifying,
+        for a caller that tiles a large image (it turns ``pair_prior`` off and runs this once on the
+        merged detections). The prior then sees probabilities rather than logits (the same up to rounding);
+        the crops' relative lengths stay those of their tiles."""
+        probs, det_score = pred["class_scores"], pred["detection_scores"]
+        in_cell = det_score >= self.cell_score_thr
+        labels = cell_labels(
+            probs.double().clamp(min=1e-12).log(), in_cell, True, self.prior_cap, self.prior_penalty
+        )
+        p_label = probs.gather(1, (labels - 1)[:, None])[:, 0]
+        score = det_score * p_label if self.score_mode == "product" else det_score.clone()
+        return {**pred, "labels": labels.to(torch.int64), "scores": score}
+
     @torch.no_grad()
     def predict_modes(
         self, images: Sequence[torch.Tensor], modes: Sequence[str]
