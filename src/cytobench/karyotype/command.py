@@ -220,7 +220,9 @@ class _Detector:
         self.label_map = karyotype_label_map(info, args.checkpoint)
         if args.pair_prior is not None:
             if not hasattr(model, "pair_prior"):
-                raise BadInputError(args.checkpoint, f"a {type(model).__name__} has no pair prior (--pair-prior)")
+                raise BadInputError(
+                    args.checkpoint, f"a {type(model).__name__} has no pair prior (--pair-prior)"
+                )
             model.pair_prior = bool(args.pair_prior)
         # a model's whole-cell step runs once on the whole image's detections, also when the image is tiled
         self.cell_step = None
