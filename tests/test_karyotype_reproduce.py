@@ -98,6 +98,19 @@ def truth_checkpoint(path: Path, ann_file: Path, mode: str) -> Path:
     return path
 
 
+def accuracy_without_figures(models: list[KaryotypeModel], out: Path, stand_ins: dict) -> dict:
+    """`reproduce karyotype/accuracy` on the stand-ins' test set, quietly, without figures."""
+    return reproduce(
+        "accuracy",
+        models,
+        out,
+        n_test=N_TEST,
+        data_dir=stand_ins["root"] / "test_sets",
+        figures=False,
+        progress=lambda _: None,
+    )
+
+
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     root = tmp_path_factory.mktemp("karyotype_reproduce")
@@ -223,15 +236,7 @@ def test_table5_1_scores_each_row_beside_the_thesis(stand_ins: dict, tmp_path: P
         reproduce("table5_1", models[:1], tmp_path, n_test=N_TEST, data_dir=stand_ins["root"] / "test_sets")
     assert (tmp_path / "table5_1.md").read_text() == written
     # the accuracy table writes other files: not refused
-    acc = reproduce(
-        "accuracy",
-        models,
-        tmp_path,
-        n_test=N_TEST,
-        data_dir=stand_ins["root"] / "test_sets",
-        figures=False,
-        progress=lambda _: None,
-    )
+    acc = accuracy_without_figures(models, tmp_path, stand_ins)
     exact = acc["ours"]["karyogram"]
     assert (
         exact["YOLOv8"]["mean"]["exact_match"] == 1.0 and exact["Faster R-CNN"]["mean"]["exact_match"] == 0.0
@@ -258,15 +263,7 @@ def test_a_yolo_karyotyper_is_scored_raw_and_again_with_its_pair_prior(
 
     monkeypatch.setattr(karyotype_tables, "score_model", recording)
     models = [stand_ins["models"]["SSD"], stand_ins["models"]["YOLOv8"]]
-    result = reproduce(
-        "accuracy",
-        models,
-        tmp_path,
-        n_test=N_TEST,
-        data_dir=stand_ins["root"] / "test_sets",
-        figures=False,
-        progress=lambda _: None,
-    )
+    result = accuracy_without_figures(models, tmp_path, stand_ins)
     assert calls == [("YOLOv8", False), ("YOLOv8", True), ("SSD", False)]
     assert list(result["ours"]["karyogram"]) == ["YOLOv8", "YOLOv8 + pair prior", "SSD"]
     assert "| YOLOv8 + pair prior (ours; the same weights; one box per chromosome" in result["table"]
