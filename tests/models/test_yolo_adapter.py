@@ -228,12 +228,18 @@ def test_pair_prior_keeps_one_box_per_chromosome_and_labels_the_cell_jointly() -
     assert sorted(out["boxes"][:, 0].tolist()) == sorted(boxes[kept, 0].tolist())
     by_x = {float(b[0]): i for i, b in enumerate(out["boxes"])}
     chromosome = {x: names[int(out["labels"][i]) - 1] for x, i in by_x.items()}
-    # 4 (free) for the torn one; 1, 1 and the third to its free runner-up 2; the faint one stays 1
-    assert chromosome == {0.0: "4", 20.0: "1", 40.0: "1", 60.0: "2", 80.0: "1"}
-    for k in kept:  # each kept box: scored by its existence, its class scores carried along
+    # the torn one: 4 + 5 evidence of both boxes, 0.70 vs 0.73: a 5; three 1s: the third to its free
+    # runner-up 2; the faint one (out of the cell) stays 1
+    assert chromosome == {0.0: "5", 20.0: "1", 40.0: "1", 60.0: "2", 80.0: "1"}
+    torn = by_x[0.0]  # existence of boxes 0 and 1 together: 1 - (1 - e0)(1 - e1)
+    assert out["scores"][torn] == pytest.approx(1 - (1 - existence[0]) * (1 - existence[1]), rel=1e-6)
+    np.testing.assert_allclose(out["class_scores"][torn], class_scores[0] + class_scores[1], rtol=1e-6)
+    for k in kept[1:]:  # boxes alone: scored by their existence, their class scores carried along
         i = by_x[float(boxes[k, 0])]
         assert out["scores"][i] == pytest.approx(existence[k], rel=1e-6)
         np.testing.assert_array_equal(out["class_scores"][i], class_scores[k])
+    assert out["scores"][by_x[80.0]] < 0.5  # the faint box: reported, not in the cell
+    assert torch.equal(pred["class_scores"], torch.from_numpy(class_scores))  # the input is left as it was
     with pytest.raises(BadInputError, match="24 chromosome classes"):
         YoloModel(None, [{"id": 1, "name": "chromosome"}], task="detect", pair_prior=True).cell_step(pred)
     with pytest.raises(BadInputError, match="task detect"):

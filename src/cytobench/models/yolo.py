@@ -328,13 +328,15 @@ class YoloModel(torch.nn.Module):
         iou: NMS IoU threshold (class-wise, as ultralytics).
         max_det: most detections per image (dense images: raise it, e.g. 2000).
         pair_prior: karyotyping (``detect`` on the 24 chromosome classes): each image is one cell, and
-            each chromosome has one class. A detection's score becomes its *existence*, the sum of its
-            per-class scores (at most 1: a chromosome torn between 4 and 5, 0.4 each, is still there);
-            a class-agnostic NMS at ``cell_nms_iou`` keeps one box per chromosome (the stock NMS is
-            per class, so such a chromosome may come as a 4 and a 5); the kept boxes with existence >=
-            ``cell_score_thr`` are labelled jointly under the pair prior
-            (:func:`~cytobench.models.karyotype_classifier.cell_labels`, the two-stage model's), the
-            others by their likeliest class. Measured on simulated karyograms (experiments/karyotype).
+            each chromosome has one class. A box's *existence* is the sum of its per-class scores (at most
+            1: a chromosome torn between 4 and 5, 0.4 each, is still there); a class-agnostic NMS at
+            ``cell_nms_iou`` keeps one box per chromosome (the stock NMS is per class, so such a chromosome
+            may come as a 4 and a 5) and merges into it the boxes it overlaps: existence
+            ``1 - prod(1 - e_j)``, class scores summed (``class_scores`` then holds the sums). The kept boxes
+            with existence >= ``cell_score_thr`` are labelled jointly under the pair prior
+            (:func:`~cytobench.models.karyotype_classifier.cell_labels`, the two-stage model's), the others
+            by their likeliest class; ``scores`` are the existences. Measured on simulated karyograms
+            (experiments/karyotype/README.md).
         cell_score_thr: boxes with at least this existence form the cell (pair prior).
         cell_nms_iou: IoU above which the class-agnostic NMS drops the less likely of two boxes.
         train_settings: what :mod:`cytobench.engine.ultralytics_run` needs to train it (model config).
@@ -419,12 +421,21 @@ class YoloModel(torch.nn.Module):
         columns = torch.as_tensor(self._chromosome_columns(), device=pred["boxes"].device)
         class_scores = pred["class_scores"][:, columns].double()  # class order 1-22, X, Y
         existence = class_scores.sum(dim=1).clamp(max=1.0)
-        keep = torchvision.ops.nms(pred["boxes"].double(), existence, self.cell_nms_iou)
-        existence, class_scores = existence[keep], class_scores[keep]
-        classes = cell_labels(class_scores.clamp(min=1e-12).log(), existence >= self.cell_score_thr)
+        boxes = pred["boxes"].double()
+        keep = torchvision.ops.nms(boxes, existence, self.cell_nms_iou)
+        # every box joins the kept box it overlaps most (a suppressed one overlaps one by more than the IoU)
+        owner = torchvision.ops.box_iou(boxes, boxes[keep]).argmax(dim=1)
+        owner[keep] = torch.arange(len(keep), device=owner.device)
+        # a chromosome seen by several boxes: P(there) = 1 - prod(1 - e_j); class evidence summed
+        log_absent = torch.log1p(-existence.clamp(max=1 - 1e-12))
+        merged_existence = -boxes.new_zeros(len(keep)).index_add_(0, owner, log_absent).expm1()
+        merged_scores = boxes.new_zeros(len(keep), class_scores.shape[1])
+        merged_scores.index_add_(0, owner, class_scores)
+        classes = cell_labels(merged_scores.clamp(min=1e-12).log(), merged_existence >= self.cell_score_thr)
         out = {k: v[keep] for k, v in pred.items()}
         out["labels"] = (columns[classes - 1] + 1).to(torch.int64)
-        out["scores"] = existence.to(pred["scores"].dtype)
+        out["scores"] = merged_existence.to(pred["scores"].dtype)
+        out["class_scores"][:, columns] = merged_scores.to(out["class_scores"].dtype)
         return out
 
     def _chromosome_columns(self) -> list[int]:
