@@ -240,6 +240,13 @@ def test_pair_prior_keeps_one_box_per_chromosome_and_labels_the_cell_jointly() -
         np.testing.assert_array_equal(out["class_scores"][i], class_scores[k])
     assert out["scores"][by_x[80.0]] < 0.5  # the faint box: reported, not in the cell
     assert torch.equal(pred["class_scores"], torch.from_numpy(class_scores))  # the input is left as it was
+    empty = {k: v[:0] for k, v in pred.items()}  # an image where nothing was found
+    assert {k: tuple(v.shape) for k, v in model.cell_step(empty).items()} == {
+        "boxes": (0, 4),
+        "scores": (0,),
+        "labels": (0,),
+        "class_scores": (0, 24),
+    }
     with pytest.raises(BadInputError, match="24 chromosome classes"):
         YoloModel(None, [{"id": 1, "name": "chromosome"}], task="detect", pair_prior=True).cell_step(pred)
     with pytest.raises(BadInputError, match="task detect"):

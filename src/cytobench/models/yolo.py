@@ -419,6 +419,8 @@ class YoloModel(torch.nn.Module):
         from cytobench.models.karyotype_classifier import cell_labels
 
         columns = torch.as_tensor(self._chromosome_columns(), device=pred["boxes"].device)
+        if len(pred["boxes"]) == 0:  # nothing found: nothing to merge or label
+            return dict(pred)
         class_scores = pred["class_scores"][:, columns].double()  # class order 1-22, X, Y
         existence = class_scores.sum(dim=1).clamp(max=1.0)
         boxes = pred["boxes"].double()
