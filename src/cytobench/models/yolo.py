@@ -419,6 +419,10 @@ class YoloModel(torch.nn.Module):
         from cytobench.models.karyotype_classifier import cell_labels
 
         columns = torch.as_tensor(self._chromosome_columns(), device=pred["boxes"].device)
+        if "class_scores" not in pred:
+            raise BadInputError(
+                "model.eval.pair_prior", "this YOLO gives no per-class scores (an end-to-end head, no NMS)"
+            )
         if len(pred["boxes"]) == 0:  # nothing found: nothing to merge or label
             return dict(pred)
         class_scores = pred["class_scores"][:, columns].double()  # class order 1-22, X, Y
