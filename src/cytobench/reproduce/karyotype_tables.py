@@ -684,11 +684,8 @@ def _prediction_figures(
                 "labels": np.array([truth_map[int(v)] for v in truth["labels"]], np.int64),
             }
         }
-        for row, ds in rows.items():
-            pred = ds[0]["predictions"][0]
-            panels[f"{row}{f' ({ROW_NOTES[row]})' if row in ROW_NOTES else ''}"] = {
-                k: np.asarray(v) for k, v in pred.items()
-            }
+        for row, ds in rows.items():  # panel titles: the row names alone (the table holds the notes)
+            panels[row] = {k: np.asarray(v) for k, v in ds[0]["predictions"][0].items()}
         name = f"fig5_1_4_{kind}.png"
         plot_class_detections(
             read_image(paths[0]).array,
