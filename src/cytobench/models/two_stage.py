@@ -243,15 +243,13 @@ class TwoStageKaryotyper(nn.Module):
             logits = torch.zeros(0, n_cls, device=device)
         out: list[dict[str, Any]] = []
         start = 0
-        for det, in_cell in zip(detections, cell):
+        for det in detections:
             m = int(det["boxes"].shape[0])
             own = logits[start : start + m]
             start += m
             probs = own.softmax(dim=1)
-            labels = cell_labels(own, in_cell, self.pair_prior, self.prior_cap, self.prior_penalty)
-            p_label = probs.gather(1, (labels - 1)[:, None])[:, 0]
             det_score = det["scores"]
-            score = det_score * p_label if self.score_mode == "product" else det_score.clone()
+            labels, score = self._label_cell(own, probs, det_score, self.pair_prior)
             pred = {k: v for k, v in det.items() if k not in ("boxes", "scores", "labels")}
             pred.update(
                 boxes=det["boxes"],
@@ -270,13 +268,18 @@ class TwoStageKaryotyper(nn.Module):
         merged detections). The prior then sees probabilities rather than logits (the same up to rounding);
         the crops' relative lengths stay those of their tiles."""
         probs, det_score = pred["class_scores"], pred["detection_scores"]
+        labels, score = self._label_cell(probs.double().clamp(min=1e-12).log(), probs, det_score, True)
+        return {**pred, "labels": labels, "scores": score}
+
+    def _label_cell(
+        self, logits: torch.Tensor, probs: torch.Tensor, det_score: torch.Tensor, pair_prior: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(labels, scores)`` of one cell's detections from their class logits (or log-probabilities)."""
         in_cell = det_score >= self.cell_score_thr
-        labels = cell_labels(
-            probs.double().clamp(min=1e-12).log(), in_cell, True, self.prior_cap, self.prior_penalty
-        )
+        labels = cell_labels(logits, in_cell, pair_prior, self.prior_cap, self.prior_penalty).to(torch.int64)
         p_label = probs.gather(1, (labels - 1)[:, None])[:, 0]
         score = det_score * p_label if self.score_mode == "product" else det_score.clone()
-        return {**pred, "labels": labels.to(torch.int64), "scores": score}
+        return labels, score
 
     @torch.no_grad()
     def predict_modes(

@@ -39,6 +39,7 @@ every cytobench model; 0 is background).
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import re
 import shutil
@@ -516,16 +517,11 @@ def build_yolo(
     )
 
 
-_PREDICTOR_CLASS: Any = None
-
-
+@functools.cache
 def _class_scores_predictor() -> Any:
     """ultralytics' ``DetectionPredictor`` whose results also carry ``class_scores`` (every class's score of
     each kept box); the boxes, scores and labels are the stock predictor's: the same NMS call, which also
     returns the kept boxes' indices into the head's output."""
-    global _PREDICTOR_CLASS
-    if _PREDICTOR_CLASS is not None:
-        return _PREDICTOR_CLASS
     from ultralytics.models.yolo.detect import DetectionPredictor
     from ultralytics.utils import nms
 
@@ -554,8 +550,7 @@ def _class_scores_predictor() -> Any:
                 result.class_scores = head[4 : 4 + n_classes, idx.long().view(-1)].T
             return results
 
-    _PREDICTOR_CLASS = ClassScoresPredictor
-    return _PREDICTOR_CLASS
+    return ClassScoresPredictor
 
 
 def _result_to_prediction(result: Any, shape: tuple[int, int], with_masks: bool) -> dict[str, np.ndarray]:
