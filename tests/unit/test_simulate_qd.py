@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -23,6 +24,7 @@ from cytobench.simulate.qd import (
     simulate_qd_reference,
 )
 from cytobench.simulate.qd_dataset import simulate_qd_dataset, simulate_qd_range
+from cytobench.simulate.qd_tiles import _walk
 
 PAPER = ScanParams()
 
@@ -112,6 +114,40 @@ def test_poisson_inverse_is_the_first_count_whose_cdf_exceeds_u() -> None:
     mismatch = np.flatnonzero(k != expected)
     # scipy's cdf and the tables' pdtr agree to rounding: only draws within 1e-12 of a step may differ
     assert all(abs(stats.poisson.cdf(min(k[i], expected[i]), lam[i]) - u0[i]) < 1e-12 for i in mismatch)
+
+
+def test_poisson_inverse_writes_into_out_and_checks_sizes() -> None:
+    rng = np.random.default_rng(3)
+    lam = rng.uniform(0, 40, (50, 7)).astype(np.float32)
+    u = rng.random((2, 50, 7))
+    out = np.full((50, 7), -1, dtype=np.int32)
+    assert poisson_inverse(lam, u[0], u[1], out=out) is out
+    np.testing.assert_array_equal(out, poisson_inverse(lam, u[0], u[1]))
+    with pytest.raises(ValueError, match="differ in size"):
+        poisson_inverse(lam, u[0, :-1], u[1])
+
+
+def test_seeded_images_are_those_of_the_numpy_engine() -> None:
+    """Pinned from the engine before the compiled loops (commit 30cc7f1): a seed keeps its images."""
+    batch = simulate_qd_batch(64, diffusion_range=(0.1, 10.0), rng=2026, return_trajectories=True)
+    assert hashlib.sha256(batch.counts.tobytes()).hexdigest()[:16] == "f254ce705ac554ed"
+    assert batch.expected.astype(float).sum() == pytest.approx(335286.86848163605, rel=1e-9)
+    assert batch.positions_um.astype(float).sum() == pytest.approx(64891.61008068145, rel=1e-9)
+
+
+def test_walk_positions_are_float64_running_sums_rounded_to_float32() -> None:
+    """The compiled walk against numpy: steps scaled in float32, summed in float64, boxes their extent."""
+    rng = np.random.default_rng(5)
+    normals = rng.standard_normal((6, 3, 40)).astype(np.float32)
+    step_sd = rng.uniform(0.001, 0.05, 40).astype(np.float32)
+    sd, start = rng.uniform(0.5, 5.0, 6).astype(np.float32), rng.uniform(0.2, 1.5, (6, 2))
+    steps = normals * step_sd * sd[:, None, None]
+    steps[:, :2, 0], steps[:, 2, 0] = start.astype(np.float32), normals[:, 2, 0] * np.float32(0.5)
+    expected = np.cumsum(steps.astype(float), axis=2).astype(np.float32)
+    part, boxes = normals.copy(), np.empty((6, 4))
+    _walk(part, step_sd, sd, start, np.float32(0.5), boxes)
+    np.testing.assert_array_equal(part, expected)
+    np.testing.assert_array_equal(boxes, np.concatenate([expected[:, :2].min(2), expected[:, :2].max(2)], 1))
 
 
 def test_threads_never_change_a_result() -> None:

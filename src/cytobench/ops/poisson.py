@@ -1,8 +1,9 @@
-"""Exact, vectorised Poisson sampling by inversion of tabulated CDFs.
+"""Exact Poisson sampling by inversion of tabulated CDFs, in a compiled loop.
 
 Each count is an element-wise function of its expected value and two uniforms, so a simulation
 gives the same counts however its images are chunked, and it is several times faster than
-``numpy.random.Generator.poisson`` for the small means of photon-counting microscopy.
+``numpy.random.Generator.poisson`` for the small means of photon-counting microscopy. The loop is
+compiled by numba (``cache=True``: once per machine) and releases the GIL, so threads run it in parallel.
 """
 
 from __future__ import annotations
@@ -11,12 +12,17 @@ import math
 import threading
 
 import numpy as np
+from numba import njit
 
 LAM_MAX = 1024.0  # largest expected count per element the tables cover
-_CELL_BITS = 10  # log2(_PoissonTable.CELLS)
+_CELL_BITS = 10  # log2 of the guide cells per table row
+_CELLS = 1 << _CELL_BITS
+_STEPS = 8  # table rows per unit of lam
 
 
-def poisson_inverse(lam: np.ndarray, u0: np.ndarray, u1: np.ndarray) -> np.ndarray:
+def poisson_inverse(
+    lam: np.ndarray, u0: np.ndarray, u1: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
     """Exact Poisson draws by inversion: ``k = F_lam^-1(u)``, an element-wise function of ``(lam, u)``.
 
     ``lam`` is split as ``q / 8 + f`` with ``f`` in ``[0, 1/8)``; the count is ``Poisson(q / 8)`` by
@@ -29,55 +35,63 @@ def poisson_inverse(lam: np.ndarray, u0: np.ndarray, u1: np.ndarray) -> np.ndarr
         lam: float expected counts (>= 0), any shape (float32 is used as is, other types as float64).
         u0: float64 uniforms in [0, 1), the shape of ``lam``.
         u1: float64 uniforms in [0, 1), the shape of ``lam``.
+        out: optional contiguous integer array of ``lam``'s size to write the counts into (returned).
 
     Returns:
-        int64 counts, the shape of ``lam``.
+        The counts: ``out``, or a new int64 array the shape of ``lam``.
     """
     lam_flat = np.asarray(lam)
     if lam_flat.dtype != np.float32:
         lam_flat = lam_flat.astype(float, copy=False)
-    lam_flat = lam_flat.reshape(-1)
-    u0, u1 = np.asarray(u0, dtype=float).reshape(-1), np.asarray(u1, dtype=float).reshape(-1)
+    lam_flat = np.ascontiguousarray(lam_flat).reshape(-1)
+    u0 = np.ascontiguousarray(u0, dtype=float).reshape(-1)
+    u1 = np.ascontiguousarray(u1, dtype=float).reshape(-1)
+    if not lam_flat.size == u0.size == u1.size:
+        raise ValueError(f"lam, u0 and u1 differ in size ({lam_flat.size}, {u0.size}, {u1.size})")
+    result = np.empty(np.shape(lam), np.int64) if out is None else out
+    if result.size != lam_flat.size or not result.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous array of {lam_flat.size} elements")
     table = _PoissonTable.cover(float(lam_flat.max(initial=0.0)))
-    # q = floor(lam * STEPS): the product is exact in float32 as in float64 (a power of two)
-    q_cells = np.multiply(
-        lam_flat, _PoissonTable.STEPS, out=np.empty(lam_flat.size, np.intp), casting="unsafe"
-    )
-    q_cells <<= _CELL_BITS  # q * CELLS
-    cell = np.multiply(u0, table.CELLS, out=np.empty(lam_flat.size, np.intp), casting="unsafe")
-    cell += q_cells  # q * CELLS + floor(u0 * CELLS)
-    k = table.sure.take(cell, mode="clip")  # the count, or ~guide where the cell straddles a CDF step
-    amb = np.flatnonzero(k < 0)
-    if amb.size:
-        kk, u, base = ~k[amb], u0.take(amb), table.base.take(cell.take(amb) >> _CELL_BITS)
-        idx = np.flatnonzero(u >= table.cdf.take(base + kk))  # the count is the first k with u < cdf[k]
-        while idx.size:
-            kk[idx] += 1
-            idx = idx[u[idx] >= table.cdf.take(base[idx] + kk[idx])]
-        k[amb] = kk
-    # Poisson(f), f < 1/STEPS: k >= 1 iff u1 >= exp(-f), which needs u1 >= exp(-1/STEPS) first
-    idx = np.flatnonzero(u1 >= math.exp(-1.0 / _PoissonTable.STEPS))
-    f = lam_flat.take(idx).astype(float) - (cell.take(idx) >> _CELL_BITS) * (1.0 / _PoissonTable.STEPS)
-    u, term = u1.take(idx), np.exp(-f)
-    cum = term * (1.0 + f)  # P(k <= 1)
-    k[idx] += (u >= term).astype(np.intp) + (u >= cum)
-    more = u >= cum  # k >= 2 (probability < 0.008): continue the sequential search from P(k <= 1)
-    idx, u, f, term, cum, j = idx[more], u[more], f[more], (term * f)[more], cum[more], 1
-    while idx.size:
-        j += 1
-        term = term * f / j  # P(k = j)
-        cum = cum + term  # P(k <= j)
-        more = u >= cum
-        idx, u, f, term, cum = idx[more], u[more], f[more], term[more], cum[more]
-        k[idx] += 1
-    return k.astype(np.int64).reshape(np.shape(lam))
+    _invert(lam_flat, u0, u1, table.sure, table.base, table.cdf, result.reshape(-1))
+    return result
+
+
+@njit(nogil=True, cache=True)
+def _invert(lam, u0, u1, sure, base, cdf, out):  # type: ignore[no-untyped-def]
+    """The loop of :func:`poisson_inverse`, one element at a time (compiled; releases the GIL)."""
+    last_cell, steps = sure.size - 1, _STEPS
+    sure_threshold = math.exp(-1.0 / steps)  # Poisson(f) > 0 needs u1 >= exp(-f) >= exp(-1 / STEPS)
+    for e in range(lam.size):
+        # q = floor(lam * STEPS): the product is exact in float32 as in float64 (a power of two)
+        row = np.intp(lam[e] * steps)
+        cell = np.intp(u0[e] * _CELLS) + (row << _CELL_BITS)  # q * CELLS + floor(u0 * CELLS)
+        k = np.intp(sure[min(cell, last_cell)])  # the count, or ~guide where the cell straddles a CDF step
+        if k < 0:  # the count is the first k with u0 < cdf[k]
+            k, at = ~k, base[row]
+            while u0[e] >= cdf[at + k]:
+                k += 1
+        u = u1[e]
+        if u >= sure_threshold:  # Poisson(f), f < 1 / STEPS, by sequential inversion
+            f = np.float64(lam[e]) - row * (1.0 / steps)
+            term = math.exp(-f)  # P(k = 0)
+            cum = term * (1.0 + f)  # P(k <= 1)
+            if u >= term:
+                k += 1
+            if u >= cum:  # k >= 2 (probability < 0.008): go on from P(k <= 1)
+                term, j = term * f, 1
+                while u >= cum:  # k > j
+                    k += 1
+                    j += 1
+                    term = term * f / j  # P(k = j)
+                    cum = cum + term  # P(k <= j)
+        out[e] = k
 
 
 class _PoissonTable:
     """Float64 CDFs and guide tables of ``Poisson(q / STEPS)`` for ``q = 0, 1, ...`` (grown on demand)."""
 
-    STEPS = 8  # table rows per unit of lam
-    CELLS = 1 << _CELL_BITS  # guide cells per row
+    STEPS = _STEPS
+    CELLS = _CELLS
     _current: _PoissonTable | None = None
     _lock = threading.Lock()
 

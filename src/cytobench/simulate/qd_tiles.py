@@ -3,8 +3,8 @@
 A call's images are cut into tiles of :data:`TILE`; threads take tiles one at a time. A thread makes its
 tile's random draws under a lock (normals, then uniforms, hand over hand), so every generator is drawn
 in tile order exactly as one thread would, then computes the tile (walk, expected image, Poisson counts,
-truth) while the others draw or compute theirs. numpy and torch kernels release the GIL, so the threads
-use every core; the images depend only on the draws, never on the number of threads.
+truth) while the others draw or compute theirs. numpy, torch and the compiled (numba) loops release the
+GIL, so the threads use every core; the images depend only on the draws, never on the number of threads.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from numba import njit
 
 from cytobench.ops.poisson import poisson_inverse
 
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["TILE", "Tiles", "signal_term"]
 
 TILE = 256  # images simulated together (working set in cache); a multiple of the data sets' block size
-_CUMSUM_GRAIN = 30_000  # elements per torch cumsum call: below torch's grain size (32768), so it runs inline
 _SLICE = 128  # images per slice of a tile's element-wise work (fits the core's L2 cache)
 _F32 = np.float32
 
@@ -49,8 +49,8 @@ class Tiles:
         self.step_sd = np.ones(p.n_samples, dtype=_F32)  # column 0 (the start) is set apart
         self.step_sd[1:] = np.sqrt(step_dt).astype(_F32)
         self.sd = np.sqrt(2.0 * batch.diffusion).astype(_F32)
+        self.z_sd = _F32(p.z_start_sigma_um)
         self.beam32 = beam[:, :2].T.astype(_F32)
-        self.cumsum_rows = max(1, _CUMSUM_GRAIN // p.n_samples)
         self.next_tile, self.failed = 0, False
         self.normals_lock, self.uniforms_lock = threading.Lock(), threading.Lock()
 
@@ -71,7 +71,7 @@ class Tiles:
         """Take, draw and compute tiles until none is left (one thread; scratch buffers of its own)."""
         m, T, pixels = min(self.n, TILE), self.params.n_samples, self.params.rows * self.params.cols
         pos, u = np.empty((m, 3, T), dtype=_F32), np.empty((2, m, pixels))
-        scratch = np.empty((2, min(m, _SLICE), T), dtype=_F32)
+        scratch = np.empty((min(m, _SLICE), T), dtype=_F32)
         try:
             while (t0 := self._draw(pos, u)) is not None:
                 self._compute(t0, pos, u, scratch)
@@ -112,23 +112,14 @@ class Tiles:
         """
         p, batch = self.params, self.batch
         t1 = min(self.n, t0 + TILE)
-        pos, T = pos_buf[: t1 - t0], p.n_samples
+        pos = pos_buf[: t1 - t0]
         for a in range(0, t1 - t0, _SLICE):
             b = min(t1 - t0, a + _SLICE)
             part, g0, g1 = pos[a:b], t0 + a, t0 + b
-            z0 = part[:, 2, 0] * _F32(p.z_start_sigma_um)
-            part *= self.step_sd  # steps ~ N(0, 2 D dt); column 0 becomes the start position
-            part *= self.sd[g0:g1, None, None]
-            part[:, 0, 0], part[:, 1, 0], part[:, 2, 0] = self.start_xy[g0:g1, 0], self.start_xy[g0:g1, 1], z0
-            flat = torch.from_numpy(part).view(-1, T)
-            for r in range(0, len(flat), self.cumsum_rows):  # small calls run inline, never in torch's pool
-                flat[r : r + self.cumsum_rows].cumsum_(1)
-            expected = signal_term(part, self.beam32, p, scratch[:, : b - a])
-            expected += _F32(p.n_bkg)
-            batch.expected[g0:g1] = expected
-            batch.counts[g0:g1] = poisson_inverse(expected, u[0, a:b], u[1, a:b])
-            batch.boxes_px[g0:g1, :2] = part[:, :2].min(2)
-            batch.boxes_px[g0:g1, 2:] = part[:, :2].max(2)
+            _walk(part, self.step_sd, self.sd[g0:g1], self.start_xy[g0:g1], self.z_sd, batch.boxes_px[g0:g1])
+            expected = batch.expected[g0:g1]
+            np.add(signal_term(part, self.beam32, p, scratch[: b - a]), _F32(p.n_bkg), out=expected)
+            poisson_inverse(expected, u[0, a:b], u[1, a:b], out=batch.counts[g0:g1])
             if batch.positions_um is not None:
                 batch.positions_um[g0:g1] = part.transpose(0, 2, 1)
         batch.centroids_px[t0:t1, 0], batch.centroids_px[t0:t1, 1] = (
@@ -146,25 +137,53 @@ def signal_term(
         pos: (n, 3, T) float32 particle xyz in um.
         beam_xy: (2, T) beam xy in um (made float32; the beam's z is 0, the focal plane).
         params: scan parameters.
-        scratch: optional (2, n, T) float32 work buffer; the result is then a view into it.
+        scratch: optional (n, T) float32 work buffer; with one substep the result is a view into it.
     """
-    n = pos.shape[0]
+    pos, n = np.asarray(pos, dtype=_F32), pos.shape[0]
     amp = params.n_qd / (2 * math.pi * params.sigma_xy_um**2) / math.sqrt(2 * math.pi * params.sigma_z_um**2)
     bx, by = np.asarray(beam_xy[0], dtype=_F32), np.asarray(beam_xy[1], dtype=_F32)
-    if scratch is None:
-        scratch = np.empty((2, n, pos.shape[2]), dtype=_F32)
-    arg, tmp = scratch[0], scratch[1]
-    np.subtract(pos[:, 0], bx, out=arg)
-    np.multiply(arg, arg, out=arg)
-    np.subtract(pos[:, 1], by, out=tmp)
-    np.multiply(tmp, tmp, out=tmp)
-    arg += tmp
-    arg *= _F32(-0.5 / params.sigma_xy_um**2)
-    np.multiply(pos[:, 2], pos[:, 2], out=tmp)  # beam z = 0 (focal plane)
-    tmp *= _F32(-0.5 / params.sigma_z_um**2)
-    arg += tmp
+    arg = np.empty((n, pos.shape[2]), dtype=_F32) if scratch is None else scratch
+    _exponent(pos, bx, by, _F32(-0.5 / params.sigma_xy_um**2), _F32(-0.5 / params.sigma_z_um**2), arg)
     np.exp(arg, out=arg)
     out = arg.reshape(n, params.rows, params.cols, params.substeps)
     out = out[..., 0] if params.substeps == 1 else out.mean(-1, dtype=_F32)
     out *= _F32(amp)
     return out
+
+
+@njit(nogil=True, cache=True)
+def _walk(part, step_sd, sd, start_xy, z_sd, boxes):  # type: ignore[no-untyped-def]
+    """Random walks in place: (n, 3, T) float32 standard normals -> positions in um; xyxy extents in ``boxes``.
+
+    Step t of image i is ``normal * step_sd[t] * sd[i]`` (float32); column 0 holds the start (xy from
+    ``start_xy``, z = ``normal * z_sd``). Positions are running sums in float64 rounded to float32, as
+    torch's float32 ``cumsum`` on the CPU gives them (the seeded data sets were made that way).
+    """
+    for i in range(part.shape[0]):
+        s = sd[i]
+        x, y, z = np.float64(np.float32(start_xy[i, 0])), np.float64(np.float32(start_xy[i, 1])), 0.0
+        z += part[i, 2, 0] * z_sd
+        part[i, 0, 0], part[i, 1, 0], part[i, 2, 0] = x, y, z
+        x_lo = x_hi = part[i, 0, 0]
+        y_lo = y_hi = part[i, 1, 0]
+        for t in range(1, part.shape[2]):  # x, y and z together: three independent sums keep the core busy
+            x += (part[i, 0, t] * step_sd[t]) * s
+            y += (part[i, 1, t] * step_sd[t]) * s
+            z += (part[i, 2, t] * step_sd[t]) * s
+            part[i, 0, t], part[i, 1, t], part[i, 2, t] = x, y, z
+            x_lo, x_hi = min(x_lo, part[i, 0, t]), max(x_hi, part[i, 0, t])
+            y_lo, y_hi = min(y_lo, part[i, 1, t]), max(y_hi, part[i, 1, t])
+        boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3] = x_lo, y_lo, x_hi, y_hi
+
+
+@njit(nogil=True, cache=True)
+def _exponent(pos, bx, by, c_xy, c_z, arg):  # type: ignore[no-untyped-def]
+    """Eq. 1's exponent in float32: ``arg = ((x - bx)^2 + (y - by)^2) c_xy + z^2 c_z`` per sample."""
+    for i in range(pos.shape[0]):
+        for t in range(pos.shape[2]):
+            dx, dy, z = pos[i, 0, t] - bx[t], pos[i, 1, t] - by[t], pos[i, 2, t]
+            a = dx * dx
+            a += dy * dy
+            a *= c_xy
+            a += (z * z) * c_z
+            arg[i, t] = a
