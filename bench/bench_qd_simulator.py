@@ -16,7 +16,12 @@ CPU time of this process (all its threads), i.e. the rate per busy core, which o
 cores do not lower. Goal: >= 50,000 images/s in total for the simulator. The summary row (bench/summary.py)
 gives it against the reference loop.
 
-Usage: ``python bench/bench_qd_simulator.py [--chunk 4096] [--repeats 7] [--dataset-n 8192] [--threads N]``
+``--busy N`` keeps N other processes spinning on the CPU for the whole run (the goal is to hold with other
+work on the machine): five runs with one busy process,
+``for i in 1 2 3 4 5; do python bench/bench_qd_simulator.py --dataset-n 0 --busy 1; done``.
+
+Usage: ``python bench/bench_qd_simulator.py [--chunk 4096] [--repeats 7] [--dataset-n 8192] [--threads N]
+[--busy N]``
 """
 
 from __future__ import annotations
@@ -24,7 +29,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import subprocess
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +86,18 @@ def numpy_route(n: int, diffusion: float, params: ScanParams, rng: np.random.Gen
     return rng.poisson(expected)
 
 
+@contextmanager
+def busy_processes(n: int) -> Iterator[None]:
+    """``n`` Python processes spinning on the CPU while the block runs (other work on the machine)."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--chunk", type=int, default=4096, help="images per simulator call")
@@ -86,7 +107,15 @@ def main() -> None:
     parser.add_argument(
         "--dataset-n", type=int, default=8192, help="images written by the on-disk row (0: skip)"
     )
+    parser.add_argument("--busy", type=int, default=0, help="other processes kept busy during the run")
     args = parser.parse_args()
+    if args.busy:
+        print(f"other work: {args.busy} busy process(es) for the whole run")
+    with busy_processes(args.busy):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     params, diffusion = ScanParams(), 1.25
     threads = args.threads or torch.get_num_threads()
     rng = np.random.default_rng(0)
