@@ -15,7 +15,7 @@ classifier of 64 x 24 crops as stage 2, with **random weights** (nothing is down
   paper scale, 1024 x 768 spreads), so a 1600 x 1200 spread goes through in windows, as the command does by
   default (``--tile``: another window, 0 for the whole image at once).
 * *classification*: straightened crops of the chromosomes, the classifier and the pair prior
-  (``TwoStageKaryotyper._predict``, what ``model(images)`` does after its detector).
+  (``TwoStageKaryotyper.classify``, what ``model(images)`` does after its detector).
 * *rendering*: ``cytobench.karyotype.command.analyze_image`` (reading the PNG, cutting out and standing up
   each chromosome, the karyogram PNG, the image's json entry) and the ``karyotypes.json`` / ``.md`` of the
   run (summary, json, markdown).
@@ -130,7 +130,7 @@ def classify(model: Any, image: torch.Tensor, boxes: torch.Tensor) -> dict[str, 
     n = boxes.shape[0]
     detections = {"boxes": boxes, "scores": torch.ones(n), "labels": torch.ones(n, dtype=torch.int64)}
     with torch.no_grad():
-        pred = model._predict([image], [detections])[0]
+        pred = model.classify([image], [detections])[0]
     return {
         "boxes": boxes.numpy().astype(np.float64),
         "scores": pred["scores"].numpy().astype(np.float64),

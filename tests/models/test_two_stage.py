@@ -162,17 +162,51 @@ def test_pair_prior_is_applied_to_the_cell_at_inference() -> None:
             p.zero_()
         model.classifier.head.bias[0] = 5.0  # every crop: class 1, clearly but not overwhelmingly
         model.classifier.head.bias[1] = 4.0
-        pred = model._predict([torch.rand(1, 64, 64)], detections)[0]
+        pred = model.classify([torch.rand(1, 64, 64)], detections)[0]
     assert sorted(pred["labels"].tolist()) == [1, 1, 2]  # two 1s, the third takes its second choice
     model.pair_prior = False
     with torch.no_grad():
-        plain = model._predict([torch.rand(1, 64, 64)], detections)[0]
+        plain = model.classify([torch.rand(1, 64, 64)], detections)[0]
     assert plain["labels"].tolist() == [1, 1, 1]
-    # the cell step on the merged detections (a tiled image) gives what model(images) gave, from the
-    # probabilities and detection scores alone
-    again = model.cell_step(plain)
-    assert torch.equal(again["labels"], pred["labels"]) and torch.allclose(again["scores"], pred["scores"])
-    assert torch.equal(model.cell_step(pred)["labels"], pred["labels"])
+
+
+def test_tiling_runs_the_detector_per_window_and_classifies_the_whole_image_once() -> None:
+    from cytobench.engine.tiling import TiledPredictor
+
+    torch.manual_seed(0)
+    model = _tiny(cell_score_thr=0.0).eval()
+    windows: list[tuple[int, int]] = []
+    seen: list[int] = []
+
+    class CentreBox(torch.nn.Module):
+        """One box per window, at its centre."""
+
+        def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+            out = []
+            for image in images:
+                h, w = image.shape[-2:]
+                windows.append((h, w))
+                box = torch.tensor([[w / 2 - 4, h / 2 - 10, w / 2 + 4, h / 2 + 10]])
+                out.append(
+                    {"boxes": box, "scores": torch.ones(1), "labels": torch.ones(1, dtype=torch.int64)}
+                )
+            return out
+
+    classify = model.classify
+
+    def counting_classify(images, detections):  # type: ignore[no-untyped-def]
+        seen.append(len(detections[0]["boxes"]))
+        assert images[0].shape[-2:] == (128, 128)  # the whole image, not a window
+        return classify(images, detections)
+
+    model.detector = CentreBox()
+    model.classify = counting_classify  # type: ignore[method-assign]
+    with torch.no_grad():
+        pred = TiledPredictor(model, window=64, overlap=16)(  # 3 x 3 windows over 128 px
+            [torch.rand(1, 128, 128)]
+        )[0]
+    assert len(windows) == 9 and all(max(hw) <= 64 for hw in windows)
+    assert seen == [9] and len(pred["labels"]) == 9 and "class_scores" in pred
 
 
 def test_predict_modes_classify_each_post_processing() -> None:

@@ -74,6 +74,8 @@ class TiledPredictor:
 
     Args:
         model: any callable of the model contract (eval mode): ``list[Tensor (C, H, W)] -> list[Prediction]``.
+            A model with a ``detector`` and ``classify(images, detections)`` has only its detector tiled;
+            ``classify`` then runs once on the whole (unresized) image and its merged detections.
         window: window side in px of the resized image; 0 never tiles.
         overlap: overlap of neighbouring windows in px (default ``window // 4``).
         scale: the image is resized by this factor before inference (bilinear); predictions come back in
@@ -93,7 +95,11 @@ class TiledPredictor:
     ) -> None:
         if window < 0 or scale <= 0 or (overlap is not None and not 0 <= overlap < max(window, 1)):
             raise ValueError(f"bad tiling: window {window}, overlap {overlap}, scale {scale}")
-        self.model = model
+        # a detect-then-classify model (``detector`` + ``classify(images, detections)``: the two-stage
+        # karyotyper) is tiled around its detector only, so its classifier sees each image whole, as one
+        # cell (crops' lengths relative to the whole cell's, the pair prior over all its chromosomes)
+        self.classify = getattr(model, "classify", None) if hasattr(model, "detector") else None
+        self.model = model.detector if self.classify is not None else model
         self.window = int(window)
         self.overlap = self.window // 4 if overlap is None else int(overlap)
         self.scale, self.min_ratio, self.batch_size = float(scale), float(min_ratio), int(batch_size)
@@ -114,7 +120,9 @@ class TiledPredictor:
             pred = dict(self.model([resized])[0])
         else:
             pred = self._tiled(resized, tile_windows(h, w, self.window, self.overlap))
-        return pred if self.scale == 1.0 else _rescale(pred, self.scale, (height, width))
+        if self.scale != 1.0:
+            pred = _rescale(pred, self.scale, (height, width))
+        return pred if self.classify is None else self.classify([image], [pred])[0]
 
     def _tiled(self, image: torch.Tensor, windows: list[Window]) -> dict[str, Any]:
         h, w = (int(v) for v in image.shape[-2:])

@@ -148,7 +148,7 @@ class TwoStageKaryotyper(nn.Module):
             if targets is None:
                 raise ValueError("targets are required in training mode")
             return self._losses(images, targets)
-        return self._predict(images, self.detector(images))
+        return self.classify(images, self.detector(images))
 
     def _losses(self, images: list[torch.Tensor], targets: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         losses: dict[str, torch.Tensor] = {}
@@ -228,7 +228,10 @@ class TwoStageKaryotyper(nn.Module):
         return crops, rel
 
     # ------------------------------------------------------------------------------------------ inference
-    def _predict(self, images: list[torch.Tensor], detections: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def classify(self, images: list[torch.Tensor], detections: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Classify each image's detections, the image being one cell: the crops' relative lengths and
+        the pair prior see all its detections (``cytobench predict`` / ``karyotype`` tile the detector
+        alone and call this once on the whole image's merged detections)."""
         boxes = [d["boxes"] for d in detections]
         det_scores = [d["scores"] for d in detections]
         masks = [d.get("masks") if self.crop_masks else None for d in detections]
@@ -261,16 +264,6 @@ class TwoStageKaryotyper(nn.Module):
             out.append(pred)
         return out
 
-    def cell_step(self, pred: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Labels and scores of one image's detections from their ``class_scores`` and
-        ``detection_scores``, the image being one cell: what ``model(images)`` does after classifying,
-        for a caller that tiles a large image (it turns ``pair_prior`` off and runs this once on the
-        merged detections). The prior then sees probabilities rather than logits (the same up to rounding);
-        the crops' relative lengths stay those of their tiles."""
-        probs, det_score = pred["class_scores"], pred["detection_scores"]
-        labels, score = self._label_cell(probs.double().clamp(min=1e-12).log(), probs, det_score, True)
-        return {**pred, "labels": labels, "scores": score}
-
     def _label_cell(
         self, logits: torch.Tensor, probs: torch.Tensor, det_score: torch.Tensor, pair_prior: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,7 +287,7 @@ class TwoStageKaryotyper(nn.Module):
         if not hasattr(self.detector, "predict_modes"):
             raise TypeError(f"the detector ({type(self.detector).__name__}) has no predict_modes")
         by_mode = self.detector.predict_modes(images, modes)
-        return {mode: self._predict(list(images), dets) for mode, dets in by_mode.items()}
+        return {mode: self.classify(list(images), dets) for mode, dets in by_mode.items()}
 
 
 def _plain(node: Any) -> Any:
