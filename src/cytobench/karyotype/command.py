@@ -224,7 +224,8 @@ class _Detector:
                     args.checkpoint, f"a {type(model).__name__} has no pair prior (--pair-prior)"
                 )
             model.pair_prior = bool(args.pair_prior)
-        # a model's whole-cell step runs once on the whole image's detections, also when the image is tiled
+        # a model's whole-cell step (YOLO's pair prior) runs once on the whole image's detections, also when
+        # the image is tiled; a two-stage model's classifier does so inside TiledPredictor
         self.cell_step = None
         if getattr(model, "pair_prior", False) and hasattr(model, "cell_step"):
             model.pair_prior, self.cell_step = False, model.cell_step
