@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cytobench.errors import CytobenchError
+from cytobench.errors import BadInputError, CytobenchError
 from cytobench.models.tiny_segnet import build_tiny_segnet
 
 
@@ -100,7 +100,7 @@ def test_fixed_normalisation_and_bad_input_are_reported() -> None:
     torch.testing.assert_close(model.normalize(image), torch.ones(2, 4, 4))
     with pytest.raises(ValueError, match=r"expects \(2, H, W\) images, got \(3, 4, 4\)"):
         model([torch.rand(3, 4, 4)])
-    with pytest.raises(ValueError, match="image_mean has 3 values for 2 channels"):
+    with pytest.raises(BadInputError, match="3 values for 2 channels"):
         build(image_mean=[0.1, 0.2, 0.3], image_std=[1, 1, 1])
     train = build().train()
     images, targets = batch()

@@ -2,9 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-__all__ = ["standardize"]
+from cytobench.errors import BadInputError
+
+__all__ = ["image_stats", "standardize"]
+
+
+def image_stats(
+    in_channels: int, image_mean: Sequence[float] | None, image_std: Sequence[float] | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A model's fixed per-channel statistics as (C, 1, 1) float tensors, or (None, None) for per-image
+    standardisation.
+
+    Raises:
+        BadInputError: a statistic with another length than ``in_channels``, or one given without the other
+            (:func:`standardize` would silently ignore it).
+    """
+    values = []
+    for name, stats in (("image_mean", image_mean), ("image_std", image_std)):
+        if stats is not None and len(stats) != in_channels:
+            raise BadInputError(f"model.{name}", f"has {len(stats)} values for {in_channels} channels")
+        values.append(None if stats is None else torch.tensor([float(v) for v in stats]).view(-1, 1, 1))
+    if (image_mean is None) != (image_std is None):
+        raise BadInputError(
+            "model", "give both image_mean and image_std, or neither (per-image standardisation)"
+        )
+    return values[0], values[1]
 
 
 def standardize(image: torch.Tensor, mean: torch.Tensor | None, std: torch.Tensor | None) -> torch.Tensor:

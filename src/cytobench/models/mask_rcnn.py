@@ -39,7 +39,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform, res
 
 from cytobench.errors import BadInputError
 from cytobench.io.checkpoint import load_model_weights
-from cytobench.models.image_norm import standardize
+from cytobench.models.image_norm import image_stats, standardize
 from cytobench.models.rcnn_parts import build_anchor_generator, build_resnet_fpn
 
 __all__ = ["CytoRCNNTransform", "MaskRCNN", "adapt_first_conv", "build_mask_rcnn"]
@@ -197,13 +197,7 @@ def build_mask_rcnn(
     in_channels = int(in_channels)
     if in_channels < 1:
         raise BadInputError("model.in_channels", f"must be >= 1, got {in_channels}")
-    for name, stats in (("image_mean", image_mean), ("image_std", image_std)):
-        if stats is not None and len(stats) != in_channels:
-            raise BadInputError(f"model.{name}", f"has {len(stats)} values for {in_channels} channels")
-    if (image_mean is None) != (image_std is None):
-        raise BadInputError(
-            "model", "give both image_mean and image_std, or neither (per-image standardisation)"
-        )
+    image_stats(in_channels, image_mean, image_std)  # refuses bad lengths or one without the other
     pretrained = bool(backbone_weights_path or weights_path)
     fpn = build_resnet_fpn(backbone, trainable_backbone_layers, pretrained, backbone_weights_path)
     detections = int(box_detections_per_img)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cytobench.errors import CytobenchError
-from cytobench.models.image_norm import standardize
+from cytobench.models.image_norm import image_stats, standardize
 
 __all__ = ["TinySegNet", "build_tiny_segnet"]
 
@@ -76,13 +76,9 @@ class TinySegNet(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
                 nn.init.zeros_(module.bias)
-        for name, stats in (("image_mean", image_mean), ("image_std", image_std)):
-            value = (
-                None if stats is None else torch.as_tensor(list(stats), dtype=torch.float32).view(-1, 1, 1)
-            )
-            if value is not None and len(value) != self.in_channels:
-                raise ValueError(f"{name} has {len(value)} values for {self.in_channels} channels")
-            self.register_buffer(name, value, persistent=False)
+        mean, std = image_stats(self.in_channels, image_mean, image_std)
+        self.register_buffer("image_mean", mean, persistent=False)
+        self.register_buffer("image_std", std, persistent=False)
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
         """(C, H, W) in [0, 1] -> normalised (C, H, W) float."""

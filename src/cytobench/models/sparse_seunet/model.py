@@ -62,7 +62,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from cytobench.errors import BadInputError, CytobenchError
-from cytobench.models.image_norm import standardize
+from cytobench.models.image_norm import image_stats, standardize
 from cytobench.models.seunet.losses import masked_bce
 from cytobench.models.seunet.model import pad_stack
 from cytobench.models.seunet.network import SEUNetEncoder, level_masks
@@ -217,15 +217,9 @@ class SparseSEUNet(nn.Module):
             self.num_instances,
             self.objectness,
         )
-        for name, stats in (("image_mean", image_mean), ("image_std", image_std)):
-            value = (
-                None if stats is None else torch.as_tensor(list(stats), dtype=torch.float32).view(-1, 1, 1)
-            )
-            if value is not None and len(value) != self.in_channels:
-                raise BadInputError(
-                    "model", f"{name} has {len(value)} values for {self.in_channels} channels"
-                )
-            self.register_buffer(name, value, persistent=False)
+        mean, std = image_stats(self.in_channels, image_mean, image_std)
+        self.register_buffer("image_mean", mean, persistent=False)
+        self.register_buffer("image_std", std, persistent=False)
 
     # ------------------------------------------------------------------------------------------ network
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
