@@ -15,7 +15,14 @@ from cytobench.models.tiny_segnet import build_tiny_segnet
 BUILDERS = {
     "seunet": lambda **kw: build_seunet(in_channels=2, depth=2, width=4, **kw),
     "sparse_seunet": lambda **kw: build_sparse_seunet(
-        in_channels=2, depth=2, width=4, num_instances=4, branch_channels=4, kernel_dim=4, branch_convs=1, **kw
+        in_channels=2,
+        depth=2,
+        width=4,
+        num_instances=4,
+        branch_channels=4,
+        kernel_dim=4,
+        branch_convs=1,
+        **kw,
     ),
     "tiny_segnet": lambda **kw: build_tiny_segnet(3, in_channels=2, width=4, num_layers=1, **kw),
     "mask_rcnn": lambda **kw: build_mask_rcnn(2, in_channels=2, backbone="resnet18", **kw),
