@@ -50,6 +50,8 @@ def test_resume_reproduces_uninterrupted_run(tmp_path: Path, data_dir: Path) -> 
         f"trainer.resume={tmp_path / 'part' / 'checkpoints' / 'last.pt'}",
     )
     assert resumed["step"] == full["step"]
+    # best.pt of the resumed folder exists whichever epoch was best (the first run's is copied over)
+    assert resumed["best"]["epoch"] == full["best"]["epoch"] and Path(resumed["best"]["checkpoint"]).is_file()
     raw = {name: json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("full", "resumed")}
     assert raw["resumed"]["history"] == raw["full"]["history"]  # as written: undefined metrics are null
     a = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)["model"]

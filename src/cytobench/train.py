@@ -193,6 +193,17 @@ def run(cfg: DictConfig) -> float | None:
         log.info(
             "resumed from %s at epoch %d (step %d)", tcfg.resume, trainer.epoch, trainer.step, extra=FILE_ONLY
         )
+        unadopted = checkpoints.adopt_best(tcfg.resume)
+        if unadopted:
+            log.warning(
+                "the best epoch so far (%s, %s %s) has no checkpoint in this run: %s; best.pt is written "
+                "when %s improves on it",
+                checkpoints.best_epoch,
+                tcfg.monitor,
+                checkpoints.best,
+                unadopted,
+                tcfg.monitor,
+            )
     try:
         trainer.train()
     finally:
@@ -206,7 +217,7 @@ def run(cfg: DictConfig) -> float | None:
         "best": {
             "value": checkpoints.best,
             "epoch": checkpoints.best_epoch,
-            "checkpoint": str(checkpoints.best_path),
+            "checkpoint": str(checkpoints.best_path) if checkpoints.best_path.exists() else None,
         },
         "run_dir": str(run_dir),
         "status": "done",

@@ -18,6 +18,7 @@ from cytobench.engine.trainer import Trainer
 from cytobench.errors import TrainingDiverged
 from cytobench.evaluation.base import Evaluator
 from cytobench.io.checkpoint import load_checkpoint
+from cytobench.io.files import save_atomic
 
 
 class NoisyData(Dataset):
@@ -208,3 +209,34 @@ def test_early_stopping_on_flat_metric(tmp_path: Path) -> None:
     assert trainer.epoch == 3  # epoch 1 sets the best, epochs 2 and 3 do not improve
     assert "early stopping" in trainer.stop_reason
     assert load_checkpoint(tmp_path / "ckpt" / "last.pt")["epoch"] == 3
+
+
+def test_resume_into_a_new_folder_carries_the_best_checkpoint(tmp_path: Path) -> None:
+    """A run resumed into another folder used to record a best.pt that did not exist there until the metric
+    improved again (metrics.json and `reproduce --runs` pointed at nothing)."""
+    source = tmp_path / "first" / "checkpoints"
+    save_atomic({"epoch": 75, "model": {"w": torch.ones(2)}}, source / "best.pt")
+    save_atomic({"epoch": 85, "model": {"w": torch.zeros(2)}}, source / "last.pt")
+
+    def resumed_hook(folder: Path, best_epoch: int | None = 75) -> CheckpointHook:
+        hook = CheckpointHook(folder, monitor="toy/score")
+        hook.load_state_dict({"best": None if best_epoch is None else 0.33, "best_epoch": best_epoch})
+        return hook
+
+    hook = resumed_hook(tmp_path / "second" / "checkpoints")
+    assert hook.adopt_best(source / "last.pt") is None
+    assert hook.best_path.read_bytes() == (source / "best.pt").read_bytes()
+    assert hook.adopt_best(source / "last.pt") is None  # already there: left as it is
+
+    stale = resumed_hook(tmp_path / "third", best_epoch=80)  # resumed from a last.pt older than best.pt
+    assert (
+        stale.adopt_best(source / "last.pt") == f"{source / 'best.pt'} is of epoch 75, not the best epoch 80"
+    )
+    assert not stale.best_path.exists()
+    missing = resumed_hook(tmp_path / "fourth")
+    assert (
+        missing.adopt_best(tmp_path / "elsewhere" / "last.pt")
+        == f"{tmp_path / 'elsewhere' / 'best.pt'} does not exist"
+    )
+    nothing_yet = resumed_hook(tmp_path / "fifth", best_epoch=None)
+    assert nothing_yet.adopt_best(source / "last.pt") is None and not nothing_yet.best_path.exists()

@@ -7,6 +7,7 @@ stopping, checkpointing, so that a checkpoint holds the newest metrics and stopp
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,8 @@ from torch.utils.data import DataLoader
 from cytobench.engine.distributed import is_main_process
 from cytobench.engine.inference import inference_on_dataset
 from cytobench.evaluation.base import Evaluator
-from cytobench.io.files import remove_stale_temp_files, save_atomic, write_json_atomic
+from cytobench.io.checkpoint import load_checkpoint
+from cytobench.io.files import atomic_file, remove_stale_temp_files, save_atomic, write_json_atomic
 
 if TYPE_CHECKING:
     from cytobench.engine.trainer import Trainer
@@ -155,6 +157,27 @@ class CheckpointHook(Hook):
         if improved:
             save_atomic(state, self.best_path)
         self.remove_stale_temp_files()
+
+    def adopt_best(self, resumed_from: str | Path) -> str | None:
+        """After a resume into another folder, copy the resumed run's ``best.pt`` here, so that this run's
+        ``best.pt`` (what ``metrics.json``, ``cytobench predict`` and ``reproduce --runs`` read) holds its best
+        epoch so far rather than nothing until the metric improves again.
+
+        Returns None when done or not needed (no best yet, or resumed in place), else why the best epoch has no
+        file in this run: the resumed run's ``best.pt`` is missing or is of another epoch than the one the
+        checkpoint records as best (a copy resumed out of its folder, or an older ``last.pt``).
+        """
+        if self.best is None or self.best_path.exists() or not is_main_process():
+            return None
+        source = Path(resumed_from).parent / "best.pt"
+        if not source.is_file():
+            return f"{source} does not exist"
+        epoch = load_checkpoint(source).get("epoch")
+        if epoch != self.best_epoch:
+            return f"{source} is of epoch {epoch}, not the best epoch {self.best_epoch}"
+        with source.open("rb") as src, atomic_file(self.best_path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch}
