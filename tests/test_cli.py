@@ -234,3 +234,36 @@ def test_eval_imports_neither_torch_nor_model_code(files, kind: str) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)  # the metrics were printed
+
+
+@pytest.mark.parametrize(
+    ("simulator", "default_size"),
+    [
+        ("toy", [128, 128]),
+        ("qd", None),
+        ("metaphase", [1600, 1200]),
+        ("fish", [512]),
+        ("brightfield", [1080]),
+        ("karyogram", [1024, 768]),
+    ],
+)
+def test_every_simulator_shares_the_dataset_arguments(simulator: str, default_size: list[int] | None) -> None:
+    from cytobench.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["simulate", simulator, "--n", "3", "--out", "d"])
+    assert (args.n, args.seed, args.out, args.overwrite) == (3, 0, "d", False)
+    assert getattr(args, "size", None) == default_size
+    assert hasattr(args, "val_fraction") == (simulator != "qd")  # qd writes one set
+    if default_size is not None:  # S (square) or W H everywhere, toy and metaphase included
+        for size in (["64"], ["64", "48"]):
+            assert parser.parse_args(
+                ["simulate", simulator, "--n", "1", "--size", *size, "--out", "d"]
+            ).size == [int(v) for v in size]
+
+
+def test_square_size_shorthand_reaches_the_toy_simulator(tmp_path: Path) -> None:
+    main(["simulate", "toy", "--n", "1", "--size", "40", "--out", str(tmp_path / "a")])
+    main(["simulate", "toy", "--n", "1", "--size", "40", "24", "--out", str(tmp_path / "b")])
+    sizes = [json.loads((tmp_path / d / "annotations.json").read_text())["images"][0] for d in ("a", "b")]
+    assert [(im["width"], im["height"]) for im in sizes] == [(40, 40), (40, 24)]

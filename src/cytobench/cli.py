@@ -210,7 +210,7 @@ def _cmd_simulate_toy(args: argparse.Namespace) -> None:
         out = simulate_toy(
             n_images=args.n,
             out_dir=args.out,
-            size=tuple(args.size),
+            size=_size_wh(args.size),
             seed=args.seed,
             val_fraction=args.val_fraction,
         )
@@ -263,7 +263,7 @@ def _cmd_simulate_metaphase(args: argparse.Namespace) -> None:
         out = simulate_metaphase(
             args.n,
             args.out,
-            size=tuple(args.size),
+            size=_size_wh(args.size),
             seed=args.seed,
             n_chromosomes=_parse_counts(args.n_chromosomes),
             overlap_target=args.overlap_target,
@@ -281,6 +281,43 @@ def _size_arg(values: Sequence[int]) -> int | tuple[int, ...]:
     if len(values) > 2:
         raise ValueError(f"--size takes one value (square) or two (W H), got {len(values)}")
     return values[0] if len(values) == 1 else tuple(values)
+
+
+def _size_wh(values: Sequence[int]) -> tuple[int, int]:
+    """``--size S`` or ``--size W H`` as (W, H), for the simulators that take no square shorthand."""
+    size = _size_arg(values)
+    return (size, size) if isinstance(size, int) else (size[0], size[1])
+
+
+def _simulator(
+    simulators: Any,
+    name: str,
+    summary: str,
+    *,
+    size: Sequence[int] | None = None,
+    n_help: str = "number of images",
+    val_split: bool = True,
+) -> argparse.ArgumentParser:
+    """``cytobench simulate NAME`` with the arguments every simulator shares: --n, --seed, --out, --overwrite,
+    and --size S | W H (default ``size``) and --val-fraction where the simulator has them."""
+    parser = simulators.add_parser(name, help=summary)
+    parser.add_argument("--n", type=int, required=True, help=n_help)
+    if size is not None:
+        parser.add_argument(
+            "--size", type=int, nargs="+", default=list(size), metavar="PX", help="S (square) or W H"
+        )
+    parser.add_argument("--seed", type=int, default=0)
+    if val_split:
+        parser.add_argument(
+            "--val-fraction", type=float, help="write train.json + val.json (last images = val)"
+        )
+    parser.add_argument("--out", required=True)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a dataset already in --out (its json and the images it writes)",
+    )
+    return parser
 
 
 def _cmd_simulate_fish(args: argparse.Namespace) -> None:
@@ -493,39 +530,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="generate a labelled dataset with known truth (COCO)")
     sim_sub = sim.add_subparsers(dest="simulator", required=True)
-    toy = sim_sub.add_parser("toy", help="ellipse 'cells' and debris, for smoke tests and demos")
-    toy.add_argument("--n", type=int, required=True)
-    toy.add_argument("--size", type=int, nargs=2, default=[128, 128], metavar=("W", "H"))
-    toy.add_argument("--seed", type=int, default=0)
-    toy.add_argument("--val-fraction", type=float, help="write train.json + val.json (last images = val)")
-    toy.add_argument("--out", required=True)
-    toy.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a dataset already in --out (its json and the images it writes)",
-    )
+    toy = _simulator(sim_sub, "toy", "ellipse 'cells' and debris, for smoke tests and demos", size=[128, 128])
     toy.set_defaults(func=_cmd_simulate_toy)
 
-    qd = sim_sub.add_parser("qd", help="two-photon laser-scan images of a diffusing quantum dot (QD paper)")
-    qd.add_argument("--n", type=int, required=True, help="number of images")
+    qd = _simulator(
+        sim_sub, "qd", "two-photon laser-scan images of a diffusing quantum dot (QD paper)", val_split=False
+    )
     qd.add_argument("--diffusion", type=float, help="D in um^2/s for every image")
     qd.add_argument("--diffusion-range", type=float, nargs=2, metavar=("LO", "HI"), help="D ~ U(LO, HI)")
     qd.add_argument("--n-qd", type=float, help="photons per dwell at focus (default: the calibrated value)")
-    qd.add_argument("--seed", type=int, default=0)
-    qd.add_argument("--out", required=True)
-    qd.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a dataset already in --out (its json and the images it writes)",
-    )
     qd.set_defaults(func=_cmd_simulate_qd)
 
-    meta = sim_sub.add_parser(
-        "metaphase", help="G-banded metaphase spreads with per-chromosome truth (DeepACEv2)"
+    meta = _simulator(
+        sim_sub,
+        "metaphase",
+        "G-banded metaphase spreads with per-chromosome truth (DeepACEv2)",
+        size=[1600, 1200],
     )
-    meta.add_argument("--n", type=int, required=True, help="number of images")
-    meta.add_argument("--size", type=int, nargs=2, default=[1600, 1200], metavar=("W", "H"))
-    meta.add_argument("--seed", type=int, default=0)
     meta.add_argument(
         "--n-chromosomes",
         default="46",
@@ -534,28 +555,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     meta.add_argument("--overlap-target", type=float, default=0.10, help="mean fraction in S_o (Eq. 14)")
     meta.add_argument("--scale", type=float, help="length of chromosome 1 in px (default 0.13 * min(W, H))")
-    meta.add_argument("--val-fraction", type=float, help="write train.json + val.json (last images = val)")
     meta.add_argument(
         "--labels",
         choices=["chromosome", "karyotype"],
         default="chromosome",
         help="1 class or the 24 classes",
     )
-    meta.add_argument("--out", required=True)
-    meta.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a dataset already in --out (its json and the images it writes)",
-    )
     meta.set_defaults(func=_cmd_simulate_metaphase)
 
-    fsim = sim_sub.add_parser(
-        "fish", help="interphase-FISH images (DAPI nuclei, chr21 / X probe signals) with per-nucleus truth"
+    fsim = _simulator(
+        sim_sub,
+        "fish",
+        "interphase-FISH images (DAPI nuclei, chr21 / X probe signals) with per-nucleus truth",
+        size=[512],
     )
-    fsim.add_argument("--n", type=int, required=True, help="number of images")
-    fsim.add_argument("--size", type=int, nargs="+", default=[512], metavar="PX", help="S (square) or W H")
-    fsim.add_argument("--seed", type=int, default=0)
-    fsim.add_argument("--val-fraction", type=float, help="write train.json + val.json (last images = val)")
     fsim.add_argument(
         "--mix",
         action="append",
@@ -564,22 +577,16 @@ def build_parser() -> argparse.ArgumentParser:
         "several samples (images alternate between them)",
     )
     fsim.add_argument("--pixel-size", type=float, help="pixel size in um (default 0.15; nuclei are 10 um)")
-    fsim.add_argument("--out", required=True)
-    fsim.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a dataset already in --out (its json and the images it writes)",
-    )
     fsim.set_defaults(func=_cmd_simulate_fish)
 
-    bsim = sim_sub.add_parser(
+    bsim = _simulator(
+        sim_sub,
         "brightfield",
-        help="adherent cells in two brightfield focal planes + phase contrast, with amodal masks, nuclei, "
+        "adherent cells in two brightfield focal planes + phase contrast, with amodal masks, nuclei, "
         "semantic and overlap maps (SEU-Net thesis)",
+        size=[1080],
+        n_help="number of samples",
     )
-    bsim.add_argument("--n", type=int, required=True, help="number of samples")
-    bsim.add_argument("--size", type=int, nargs="+", default=[1080], metavar="PX", help="S (square) or W H")
-    bsim.add_argument("--seed", type=int, default=0)
     bsim.add_argument(
         "--overlap-fraction",
         type=float,
@@ -593,24 +600,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="magnification relative to the thesis' x63 images: 0.5 halves cells, halos and blur in px "
         "(cell radius 40-60 px at 1)",
     )
-    bsim.add_argument("--val-fraction", type=float, help="write train.json + val.json (last images = val)")
-    bsim.add_argument("--out", required=True)
-    bsim.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a dataset already in --out (its json and the images it writes)",
-    )
     bsim.set_defaults(func=_cmd_simulate_brightfield)
 
-    ksim = sim_sub.add_parser(
+    ksim = _simulator(
+        sim_sub,
         "karyogram",
-        help="G-banded karyograms: upright chromosomes in numbered homologous pairs, 24-class truth (KTH thesis)",
+        "G-banded karyograms: upright chromosomes in numbered homologous pairs, 24-class truth (KTH thesis)",
+        size=[1024, 768],
     )
-    ksim.add_argument("--n", type=int, required=True, help="number of images")
-    ksim.add_argument(
-        "--size", type=int, nargs="+", default=[1024, 768], metavar="PX", help="S (square) or W H"
-    )
-    ksim.add_argument("--seed", type=int, default=0)
     ksim.add_argument(
         "--n-chromosomes",
         default="46",
@@ -619,13 +616,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ksim.add_argument(
         "--scale", type=float, help="largest length of chromosome 1 in px (default: as the image allows)"
-    )
-    ksim.add_argument("--val-fraction", type=float, help="write train.json + val.json (last images = val)")
-    ksim.add_argument("--out", required=True)
-    ksim.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a dataset already in --out (its json and the images it writes)",
     )
     ksim.set_defaults(func=_cmd_simulate_karyogram)
 
