@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cytobench.cli_checks import (
+    add_trust_checkpoint_argument,
     check_against_ground_truth,
     check_images_of,
     check_input_file,
@@ -25,11 +26,6 @@ from cytobench.cli_checks import (
 from cytobench.errors import BadInputError, CytobenchError
 
 #: help of ``--trust-checkpoint`` (predict, fish analyze, reproduce fish/table1)
-TRUST_CHECKPOINT_HELP = (
-    "load a pickled ultralytics .pt (e.g. COCO-pretrained, or a YOLO run of an older cytobench): unpickling "
-    "runs whatever code the file names, so give it only for files whose source you trust; a YOLO run's own "
-    "checkpoints load without it"
-)
 EVAL_KINDS = ("coco-bbox", "coco-segm", "coco-keypoints", "enumeration", "localization")
 
 
@@ -501,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="samples stored as one file per plane, stacked as channels in this order, e.g. "
         "`--planes _bf_lower _bf_upper` for SEU-Net's two focal planes (x_bf_lower.png + x_bf_upper.png)",
     )
-    pr.add_argument("--trust-checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
+    add_trust_checkpoint_argument(pr)
     pr.add_argument("--images", required=True, nargs="+", help="image files and/or folders")
     pr.add_argument("--out", required=True, help="results json to write")
     pr.add_argument("--gt", help="COCO ground truth whose image ids (matched by file name) the results use")

@@ -14,6 +14,7 @@ from typing import Any
 from cytobench.errors import BadInputError, CytobenchError, UnreadableImage
 
 __all__ = [
+    "add_trust_checkpoint_argument",
     "check_against_ground_truth",
     "check_images_of",
     "check_input_file",
@@ -22,6 +23,17 @@ __all__ = [
     "check_reproduce_inputs",
     "check_simulate_args",
 ]
+
+
+def add_trust_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    """``--trust-checkpoint``, the same flag and warning in every command that loads a YOLO checkpoint."""
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="load a pickled ultralytics .pt (e.g. COCO-pretrained, or a YOLO run of an older cytobench): "
+        "unpickling runs whatever code the file names, so give it only for files whose source you trust; a "
+        "YOLO run's own checkpoints load without it",
+    )
 
 
 def check_ranges(checks: Sequence[tuple[str, Any, bool, str]]) -> None:

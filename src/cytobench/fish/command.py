@@ -39,9 +39,9 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", help="YOLOv8-seg checkpoint of a fish_* run (needed by --segmenter yolo)"
     )
-    from cytobench.cli import TRUST_CHECKPOINT_HELP
+    from cytobench.cli_checks import add_trust_checkpoint_argument
 
-    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
+    add_trust_checkpoint_argument(parser)
     parser.add_argument("--segmenter", choices=("yolo", "otsu"), default="yolo", help="nucleus segmenter")
     parser.add_argument("--sample", help="sample name of every image (default: each image's folder name)")
     parser.add_argument(

@@ -63,7 +63,7 @@ KARYOGRAM_SUFFIX = "_karyogram.png"
 
 def add_karyotype_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``cytobench karyotype``."""
-    from cytobench.cli import TRUST_CHECKPOINT_HELP
+    from cytobench.cli_checks import add_trust_checkpoint_argument
 
     parser.add_argument(
         "--checkpoint",
@@ -100,7 +100,7 @@ def add_karyotype_arguments(parser: argparse.ArgumentParser) -> None:
         "trained: on for experiment=karyotype_yolo / karyotype_two_stage)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
+    add_trust_checkpoint_argument(parser)
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the results already in --out (karyograms, json, md)"
     )

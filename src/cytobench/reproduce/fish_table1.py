@@ -155,10 +155,10 @@ def reproduce(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from cytobench.cli import TRUST_CHECKPOINT_HELP
+    from cytobench.cli_checks import add_trust_checkpoint_argument
 
     parser.add_argument("--checkpoint", required=True, help="YOLO-seg checkpoint of a cytobench run")
-    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
+    add_trust_checkpoint_argument(parser)
     parser.add_argument(
         "--scale", choices=sorted(SCALES), default="cpu", help="test images: smoke 4, cpu 27, paper 87"
     )

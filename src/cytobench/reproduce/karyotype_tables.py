@@ -714,7 +714,7 @@ def _confusion_figures(out_dir: Path, details: Mapping[str, Any]) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from cytobench.cli import TRUST_CHECKPOINT_HELP
+    from cytobench.cli_checks import add_trust_checkpoint_argument
 
     parser.add_argument(
         "--runs", nargs="+", default=[], help="run or sweep folders (each run's checkpoints/best.pt)"
@@ -744,7 +744,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace this table's files already in --out"
     )
-    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
+    add_trust_checkpoint_argument(parser)
 
 
 def _run(command: str, args: argparse.Namespace) -> dict[str, Any]:
