@@ -74,11 +74,14 @@ def assert_one_line(proc: subprocess.CompletedProcess[str], *fragments: str) -> 
 
 def test_config_values_and_missing_paths(tmp_path: Path, data_dir: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = train_py([*SMOKE, "trainer.max_epochs=abc"], run_dir, data_dir)
+    proc = train_py([*SMOKE, "trainer.max_epochs=abc"], run_dir, data_dir, OMP_NUM_THREADS="1")
     assert_one_line(proc, "BadInputError: trainer.max_epochs: must be an integer >= 1, got 'abc'")
     assert not (run_dir / "config.yaml").exists() and not (run_dir / "checkpoints").exists()
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "failed" and "trainer.max_epochs" in status["reason"]
+    # what besides config and seed moves the numbers is recorded from the start, failed runs included
+    assert status["environment"]["torch_threads"] == 1
+    assert status["environment"]["torch"] == torch.__version__
     assert "trainer.max_epochs: must be an integer" in (run_dir / "train.log").read_text()  # + traceback
 
     proc = train_py([*SMOKE, "data=coco"], tmp_path / "coco", data_dir)

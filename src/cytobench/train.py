@@ -41,7 +41,14 @@ from cytobench.engine.run_checks import (
     check_trainer_checkpoint,
     train_config_state,
 )
-from cytobench.engine.run_setup import build_loader, build_logger, hydra_mode, prepare_data, write_run_config
+from cytobench.engine.run_setup import (
+    build_loader,
+    build_logger,
+    hydra_mode,
+    prepare_data,
+    run_environment,
+    write_run_config,
+)
 from cytobench.engine.schedule import build_optimizer, build_scheduler
 from cytobench.engine.sweep import annotate_metrics, exit_code_of_last_sweep, write_status
 from cytobench.engine.trainer import Trainer
@@ -308,7 +315,7 @@ def job(cfg: DictConfig) -> float | None:
     main_rank = os.environ.get("RANK", "0") == "0"
     if main_rank:
         info = _job_info()
-        write_status(run_dir, "running", **info)
+        write_status(run_dir, "running", **info, environment=run_environment())
         log.info("run %s: %s", run_dir, " ".join(info.get("overrides", [])) or "defaults", extra=FILE_ONLY)
     try:
         value = run(cfg)

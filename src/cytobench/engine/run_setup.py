@@ -6,10 +6,13 @@ ultralytics' trainer) both build on this module, so neither imports the other.
 
 from __future__ import annotations
 
+import platform
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -21,7 +24,14 @@ from cytobench.engine.distributed import barrier, get_rank, get_world_size, is_m
 from cytobench.engine.inference import ShardSampler
 from cytobench.engine.loggers import Logger
 
-__all__ = ["build_loader", "build_logger", "hydra_mode", "prepare_data", "write_run_config"]
+__all__ = [
+    "build_loader",
+    "build_logger",
+    "hydra_mode",
+    "prepare_data",
+    "run_environment",
+    "write_run_config",
+]
 
 
 def build_loader(dataset: Any, *, batch_size: int, num_workers: int, train: bool, seed: int) -> DataLoader:
@@ -73,3 +83,57 @@ def write_run_config(run_dir: Path, cfg: DictConfig) -> None:
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def run_environment() -> dict[str, Any]:
+    """What can change a run's numbers besides its config and seed, for its ``status.json``.
+
+    The thread count is among them: the same seed trained with 1 and 2 CPU threads sums floats in a
+    different order, and a long from-scratch run can end elsewhere (experiments/brightfield/README.md).
+    """
+    import cytobench
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "cytobench": cytobench.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+    commit = _git_commit(Path(cytobench.__file__).resolve().parent)
+    if commit:
+        env["git_commit"] = commit
+    return env
+
+
+def _git_commit(source_dir: Path) -> str | None:
+    """The commit of the checkout cytobench runs from (``+dirty`` with local changes); None for an installed
+    copy, also one inside some other repository's ignored folder (``git ls-files`` must track this file)."""
+    try:
+        subprocess.run(
+            ["git", "ls-files", "--error-unmatch", "__init__.py"],
+            cwd=source_dir,
+            capture_output=True,
+            timeout=5,
+            check=True,
+        )
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=source_dir,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=source_dir,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}+dirty" if dirty else head
