@@ -403,6 +403,30 @@ SAME_AS: list[tuple[str, list[str], dict[str, set[str] | None]]] = [
             ("yolo", set()),
         )
     ],
+    # the two-stage model with a YOLO enumerator: the enumerator is karyotype_yolo on the spreads' images with
+    # one class (its own annotations and evaluator; no pair prior) ...
+    (
+        "karyotype_enumerator_yolo_smoke",
+        ["experiment=karyotype_enumerator_yolo", "scale=smoke"],
+        {"task_name": None},
+    ),
+    (
+        "karyotype_enumerator_yolo",
+        ["experiment=karyotype_yolo", "data=karyotype_spreads"],
+        {
+            "task_name": None,
+            "data": None,  # two keys more (test_karyotype_two_stage_yolo.py checks the images are the same)
+            "evaluator": None,
+            "trainer": {"monitor"},
+            "model": {"eval"},
+        },
+    ),
+    # ... and stage 2 is karyotype_two_stage's classifier on the same spreads, the detector frozen
+    (
+        "karyotype_two_stage_yolo",
+        ["experiment=karyotype_two_stage", "data=karyotype_spreads"],
+        {"task_name": None, "model": {"detector", "train_detector"}},
+    ),
 ]
 
 

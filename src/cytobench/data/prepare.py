@@ -53,6 +53,38 @@ def ensure_simulated(simulator: Callable[..., Any], out_dir: str | Path, **kwarg
     return out_dir
 
 
+def ensure_one_class(
+    source_dir: str | Path,
+    out_dir: str | Path,
+    name: str = "chromosome",
+    splits: tuple[str, ...] = ("train", "val"),
+) -> Path:
+    """``out_dir/<split>.json``: ``source_dir``'s COCO splits with every category merged into one, ``name``.
+
+    For a detector that only finds objects (the two-stage karyotyper's enumerator) trained on the images of a
+    many-class set (the 24-class spreads): the images stay where they are, the source folder is not touched,
+    and a file already holding the same merge is left as it is (a sweep's jobs may start at once).
+    """
+    from cytobench.io.coco import load_coco
+    from cytobench.io.files import write_json_atomic
+
+    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        coco = load_coco(source_dir / f"{split}.json")
+        merged = {
+            **coco,
+            "categories": [{"id": 1, "name": str(name), "supercategory": str(name)}],
+            "annotations": [{**ann, "category_id": 1} for ann in coco["annotations"]],
+            "one_class_of": str(source_dir / f"{split}.json"),
+        }
+        dest = out_dir / f"{split}.json"
+        if dest.is_file() and json.loads(dest.read_text(encoding="utf-8")) == merged:
+            continue
+        write_json_atomic(dest, merged)
+    return out_dir
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}

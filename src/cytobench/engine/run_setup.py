@@ -57,9 +57,12 @@ def build_loader(dataset: Any, *, batch_size: int, num_workers: int, train: bool
 
 
 def prepare_data(data_cfg: DictConfig) -> None:
-    """Simulate the dataset (rank 0 only) when the data config has a ``prepare`` node."""
-    if data_cfg.get("prepare") is not None and is_main_process():
-        instantiate(data_cfg.prepare)
+    """Simulate the dataset (rank 0 only) when the data config has a ``prepare`` node, then run its
+    ``derive`` node if any (files made from the prepared data, e.g. one-class annotations)."""
+    if is_main_process():
+        for key in ("prepare", "derive"):
+            if data_cfg.get(key) is not None:
+                instantiate(data_cfg[key])
     barrier()
 
 

@@ -85,6 +85,7 @@ __all__ = [
     "YOLO_FORMAT",
     "YoloModel",
     "build_yolo",
+    "build_yolo_detector",
     "build_yolo_model",
     "is_yolo_checkpoint",
     "load_yolo_model",
@@ -637,6 +638,43 @@ def load_yolo_model(
     model.metadata = metadata
     if device != "cpu":
         yolo.to(torch.device("cuda" if ultralytics_device(device) != "cpu" else "cpu"))
+    return model
+
+
+def build_yolo_detector(
+    num_classes: int = 2, *, checkpoint: str | Path | None = None, trust: bool = False, **overrides: Any
+) -> YoloModel:
+    """A trained one-class YOLO as another model's detector: the two-stage karyotyper's enumerator
+    (``model.detector`` of experiment=karyotype_two_stage_yolo), frozen.
+
+    Its weights stay in ``checkpoint`` (they are not parameters of the module that holds it: the holder's
+    checkpoints name this file through their model config, so keep it where it is).
+
+    Args:
+        num_classes: 2 (one class + background), as the two-stage model builds every detector.
+        checkpoint: ``best.pt`` of a one-class YOLO run (experiment=karyotype_enumerator_yolo).
+        trust: see :func:`load_yolo_model`.
+        overrides: prediction settings (``conf``, ``iou``, ``max_det``, ``imgsz``), else the run's own.
+
+    Raises:
+        BadInputError: no checkpoint given, or a YOLO of more than one class.
+    """
+    if int(num_classes) != 2:
+        raise BadInputError(
+            "model.detector", f"an enumeration detector has one class: num_classes 2, got {num_classes}"
+        )
+    if not checkpoint:
+        raise BadInputError(
+            "model.detector.checkpoint",
+            "no value given: the best.pt of a one-class YOLO run (python train.py experiment=karyotype_enumerator_yolo)",
+        )
+    model = load_yolo_model(str(checkpoint), trust=trust, pair_prior=False, **overrides)
+    if len(model.categories) != 1:
+        raise BadInputError(
+            checkpoint,
+            f"a YOLO of {len(model.categories)} classes; the enumerator finds one (train it with "
+            "experiment=karyotype_enumerator_yolo)",
+        )
     return model
 
 

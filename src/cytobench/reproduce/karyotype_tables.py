@@ -155,6 +155,8 @@ def model_variant(model_config: Mapping[str, Any]) -> str:
         return str(model_config.get("variant", "ssdlite320_mobilenet_v3_large"))
     if target.endswith("build_two_stage"):
         detector = model_config.get("detector") or {}
+        if str(detector.get("_target_", "")).endswith("build_yolo_detector"):
+            return "YOLO detector (trained before) + crop classifier"
         return f"{detector.get('backbone', '?')} detector + crop classifier"
     return str(model_config.get("backbone", "?"))
 
