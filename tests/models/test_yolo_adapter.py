@@ -432,7 +432,9 @@ def test_training_run_offline_writes_the_run_folder_contract(trained: dict[str, 
     assert {"yolo/mask_mAP50", "train/seg_loss", "coco/segm_AP"} <= csv_keys
     import ultralytics.utils
 
-    for font in yolo_module.FONT_NAMES:  # placed before training, so ultralytics never downloads them
+    from cytobench.models.yolo_offline import FONT_NAMES
+
+    for font in FONT_NAMES:  # placed before training, so ultralytics never downloads them
         assert (Path(ultralytics.utils.USER_CONFIG_DIR) / font).stat().st_size > 100_000
 
 
