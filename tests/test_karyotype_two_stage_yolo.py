@@ -57,9 +57,11 @@ def test_the_enumerator_sees_the_spreads_own_images(tmp_path: Path, data_dir: Pa
     assert enum.data.train.ann_file == f"{enum.data.dir}_one_class/train.json"
 
 
-def test_build_yolo_detector_needs_a_checkpoint() -> None:
+def test_build_yolo_detector_needs_a_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="model.detector.checkpoint: no value given"):
         build_yolo_detector(2)
+    with pytest.raises(BadInputError, match="gone.pt: the enumerator's checkpoint .* is not there"):
+        build_yolo_detector(2, checkpoint=str(tmp_path / "gone.pt"))
 
 
 def _sha(path: Path) -> str:

@@ -440,6 +440,12 @@ def build_yolo_detector(
             "model.detector.checkpoint",
             "no value given: the best.pt of a one-class YOLO run (python train.py experiment=karyotype_enumerator_yolo)",
         )
+    if not Path(checkpoint).is_file():
+        raise BadInputError(
+            checkpoint,
+            "the enumerator's checkpoint (model.detector.checkpoint) is not there: a two-stage model with a "
+            "YOLO enumerator reads stage 1 from that file, so keep the enumerator's run folder where it was trained",
+        )
     model = load_yolo_model(str(checkpoint), trust=trust, pair_prior=False, **overrides)
     if len(model.categories) != 1:
         raise BadInputError(
