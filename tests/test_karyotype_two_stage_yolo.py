@@ -57,6 +57,21 @@ def test_the_enumerator_sees_the_spreads_own_images(tmp_path: Path, data_dir: Pa
     assert enum.data.train.ann_file == f"{enum.data.dir}_one_class/train.json"
 
 
+def test_tables_name_the_yolo_enumerator(tmp_path: Path, data_dir: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from cytobench.reproduce.karyotype_tables import model_row, model_variant
+
+    for name, variant in (
+        ("karyotype_two_stage_yolo", "YOLO detector (trained before) + crop classifier"),
+        ("karyotype_two_stage", "resnet18 detector + crop classifier"),
+    ):
+        model = OmegaConf.to_container(
+            compose_config([f"experiment={name}"], tmp_path, data_dir).model, resolve=True
+        )
+        assert model_row(model) == "Two-stage" and model_variant(model) == variant
+
+
 def test_build_yolo_detector_needs_a_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="model.detector.checkpoint: no value given"):
         build_yolo_detector(2)
