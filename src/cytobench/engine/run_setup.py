@@ -113,30 +113,16 @@ def run_environment() -> dict[str, Any]:
 def _git_commit(source_dir: Path) -> str | None:
     """The commit of the checkout cytobench runs from (``+dirty`` with local changes); None for an installed
     copy, also one inside some other repository's ignored folder (``git ls-files`` must track this file)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=source_dir, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+
     try:
-        subprocess.run(
-            ["git", "ls-files", "--error-unmatch", "__init__.py"],
-            cwd=source_dir,
-            capture_output=True,
-            timeout=5,
-            check=True,
-        )
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=source_dir,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=source_dir,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
+        git("ls-files", "--error-unmatch", "__init__.py")
+        head = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{head}+dirty" if dirty else head
