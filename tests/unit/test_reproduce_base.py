@@ -208,3 +208,19 @@ def test_check_scale_is_a_one_line_error() -> None:
     assert base.check_scale("cpu", {"cpu": 3}) == 3
     with pytest.raises(CytobenchError, match=r"unknown scale 'huge': use one of \['cpu', 'smoke'\]"):
         base.check_scale("huge", {"smoke": 1, "cpu": 3})
+
+
+def test_checkpoint_configs_of_torch_and_yolo_checkpoints(tmp_path: Path) -> None:
+    """Every table reads a run's configs the same way, from a torch run's checkpoint or a YOLO run's."""
+    from cytobench.models.yolo_checkpoint import CKPT_KEY, YOLO_FORMAT
+
+    model, data = {"_target_": "m.build"}, {"size": 256}
+    torch.save({"model": {}, "model_config": model, "data_config": data}, tmp_path / "torch.pt")
+    torch.save(
+        {"format": YOLO_FORMAT, CKPT_KEY: {"model_config": model, "data_config": data}}, tmp_path / "yolo.pt"
+    )
+    for name in ("torch.pt", "yolo.pt"):
+        assert base.checkpoint_configs(tmp_path / name) == (model, data)
+    torch.save({"format": YOLO_FORMAT, CKPT_KEY: {}}, tmp_path / "bare.pt")  # a YOLO file of no cytobench run
+    with pytest.raises(BadInputError, match="bare.pt: not a cytobench training checkpoint"):
+        base.checkpoint_configs(tmp_path / "bare.pt")

@@ -283,11 +283,15 @@ def in_batches(
 
 
 def checkpoint_configs(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(model_config, data_config)`` of a torch training checkpoint, without building the model."""
+    """``(model_config, data_config)`` of a torch training checkpoint or a YOLO run's checkpoint (its
+    ``cytobench`` metadata), without building the model."""
     from cytobench.io.checkpoint import load_checkpoint
+    from cytobench.models.yolo_checkpoint import CKPT_KEY, is_yolo_checkpoint
 
     ckpt = load_checkpoint(path)
-    if "model_config" not in ckpt or "data_config" not in ckpt:
+    if is_yolo_checkpoint(ckpt):
+        ckpt = ckpt.get(CKPT_KEY) or {}
+    if not isinstance(ckpt, Mapping) or not ckpt.get("model_config") or not ckpt.get("data_config"):
         raise BadInputError(path, "not a cytobench training checkpoint (no model_config / data_config)")
     return dict(ckpt["model_config"]), dict(ckpt["data_config"])
 

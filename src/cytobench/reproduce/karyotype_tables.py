@@ -58,6 +58,7 @@ from cytobench.reporting.tables import format_table
 from cytobench.reproduce.base import (
     TestSet,
     check_scale,
+    checkpoint_configs,
     held_out_test_set,
     load_paper,
     simulator_settings,
@@ -185,19 +186,6 @@ def data_kind(data_config: Mapping[str, Any], source: str | Path = "checkpoint")
     )
 
 
-def _checkpoint_configs(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(model_config, data_config)`` of a torch training checkpoint or a YOLO run's checkpoint."""
-    from cytobench.io.checkpoint import load_checkpoint
-    from cytobench.models.yolo import is_yolo_checkpoint
-
-    ckpt = load_checkpoint(path)
-    if is_yolo_checkpoint(ckpt):
-        ckpt = ckpt.get("cytobench") or {}
-    if not isinstance(ckpt, Mapping) or not ckpt.get("model_config") or not ckpt.get("data_config"):
-        raise BadInputError(path, "not a cytobench training checkpoint (no model_config / data_config)")
-    return dict(ckpt["model_config"]), dict(ckpt["data_config"])
-
-
 def _model(checkpoint: Path, model_config: Mapping[str, Any], data_config: Mapping[str, Any], source: str):
     return KaryotypeModel(
         checkpoint,
@@ -211,7 +199,7 @@ def _model(checkpoint: Path, model_config: Mapping[str, Any], data_config: Mappi
 
 def models_from_checkpoints(paths: Sequence[str | Path]) -> list[KaryotypeModel]:
     """One :class:`KaryotypeModel` per checkpoint file (configs read from the file)."""
-    return [_model(Path(p), *_checkpoint_configs(p), str(p)) for p in paths]
+    return [_model(Path(p), *checkpoint_configs(p), str(p)) for p in paths]
 
 
 def models_from_runs(roots: Sequence[str | Path]) -> list[KaryotypeModel]:
