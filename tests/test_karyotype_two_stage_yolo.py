@@ -72,6 +72,19 @@ def test_tables_name_the_yolo_enumerator(tmp_path: Path, data_dir: Path) -> None
         assert model_row(model) == "Two-stage" and model_variant(model) == variant
 
 
+def test_a_frozen_yolo_cannot_be_trained_end_to_end() -> None:
+    from cytobench.models.karyotype_classifier import ChromosomeClassifier
+    from cytobench.models.two_stage import TwoStageKaryotyper
+    from cytobench.models.yolo import YoloModel
+
+    frozen = YoloModel(None, [{"id": 1, "name": "chromosome"}], task="detect")  # weights outside the module
+    with pytest.raises(
+        BadInputError, match="model.train_detector: the detector .* set model.train_detector=false"
+    ):
+        TwoStageKaryotyper(frozen, ChromosomeClassifier(24), train_detector=True)
+    assert TwoStageKaryotyper(frozen, ChromosomeClassifier(24), train_detector=False).detector is frozen
+
+
 def test_build_yolo_detector_needs_a_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="model.detector.checkpoint: no value given"):
         build_yolo_detector(2)

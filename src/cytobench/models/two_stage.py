@@ -2,7 +2,8 @@
 
 Stage 1 is a chromosome *enumeration* detector with one foreground class (DeepACEv2 by default, or any
 torchvision-style detector such as :func:`~cytobench.models.faster_rcnn.build_faster_rcnn`, built with
-``num_classes=2``). Stage 2 cuts each chromosome out, stands it upright and classifies it into the 24
+``num_classes=2``; or a one-class YOLO trained before, :func:`~cytobench.models.yolo.build_yolo_detector`,
+used frozen with ``train_detector=False``). Stage 2 cuts each chromosome out, stands it upright and classifies it into the 24
 classes (:mod:`cytobench.models.karyotype_classifier`); the pair prior then labels each cell (image)
 jointly, preferring two copies of each autosome.
 
@@ -39,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cytobench.errors import BadInputError
 from cytobench.io.checkpoint import load_model_weights
 from cytobench.models.karyotype_classifier import (
     DEFAULT_PRIOR_PENALTY,
@@ -115,6 +117,12 @@ class TwoStageKaryotyper(nn.Module):
             )
         if not 0 <= box_jitter < 0.5:
             raise ValueError(f"box_jitter must be in [0, 0.5), got {box_jitter}")
+        if train_detector and not any(p.requires_grad for p in detector.parameters()):
+            raise BadInputError(
+                "model.train_detector",
+                f"the detector ({type(detector).__name__}) has no trainable parameters here (a YOLO trained "
+                "before): set model.train_detector=false",
+            )
         self.detector = detector
         self.classifier = classifier
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
