@@ -37,6 +37,7 @@ def test_rows_follow_the_model_and_its_switches() -> None:
     assert model_label(_model("cytobench.models.mask_rcnn.build_mask_rcnn")) == "Mask R-CNN"
     assert model_label(_model("cytobench.models.yolo.build_yolo", task="segment")) == "YOLOv8"
     assert model_label(_model("cytobench.models.yolo.build_yolo", task="detect")) is None
+    assert model_label(_model("cytobench.models.cellpose_baseline.build_cellpose")) == "Cellpose"
     assert (
         model_label(_model("cytobench.models.seunet_watershed.build_seunet_watershed"))
         == "SEU-Net + watershed"

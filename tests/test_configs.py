@@ -427,6 +427,18 @@ SAME_AS: list[tuple[str, list[str], dict[str, set[str] | None]]] = [
         ["experiment=karyotype_two_stage", "data=karyotype_spreads"],
         {"task_name": None, "model": {"detector", "train_detector"}},
     ),
+    # the Cellpose baseline: its smoke experiment is itself at scale=smoke (smaller patches), and it sees
+    # the same data, epochs and evaluator as Mask R-CNN (Cellpose's optimizer is its own: trainer's unused)
+    (
+        "cellpose_brightfield_smoke",
+        ["experiment=cellpose_brightfield", "scale=smoke"],
+        {"task_name": None, "model": {"bsize"}},
+    ),
+    (
+        "cellpose_brightfield",
+        ["experiment=mask_rcnn_brightfield"],
+        {"task_name": None, "model": None, "trainer": {"optimizer", "scheduler", "clip_grad_norm"}},
+    ),
 ]
 
 
@@ -472,6 +484,8 @@ def test_ablation_sweeps_keep_their_parameters(tmp_path: Path, data_dir: Path) -
 @pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n.endswith("_smoke")])
 @pytest.mark.slow
 def test_smoke_experiment_runs(name: str, tmp_path: Path, data_dir: Path) -> None:
+    if name.startswith("cellpose"):
+        pytest.importorskip("cellpose", reason="optional extra: pip install -e '.[cellpose]'")
     cfg = compose_config([f"experiment={name}"], tmp_path, data_dir)
     run(cfg)
     metrics = json.loads((tmp_path / "metrics.json").read_text())

@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,10 +113,9 @@ def run(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.run_dir)
     ensure_console_logging()
     check_config(cfg)
-    if trains_externally(cfg.model):  # YOLO: ultralytics' own trainer, the same run folder and evaluators
-        from cytobench.engine.ultralytics_run import run_yolo
-
-        return run_yolo(cfg, run_dir)
+    external = external_runner(cfg.model)
+    if external is not None:  # YOLO, Cellpose: their own training loops, the same run folder and evaluators
+        return external(cfg, run_dir)
     init_distributed()
     tcfg = cfg.trainer
     seed_everything(cfg.seed, deterministic=tcfg.deterministic)
@@ -238,14 +238,26 @@ def run(cfg: DictConfig) -> float | None:
     return trainer.latest_metrics.get(tcfg.monitor) if tcfg.monitor else None
 
 
-def trains_externally(model_cfg: DictConfig) -> bool:
-    """Whether the model config's ``_target_`` is a model that trains through its own trainer (YOLO)."""
+def external_runner(model_cfg: DictConfig) -> Callable[[DictConfig, Path], float | None] | None:
+    """The runner of a model that trains through its own loop (YOLO: ultralytics' trainer; Cellpose:
+    its ``train_seg``), by the model config's ``_target_``; None for models of the shared trainer."""
     from hydra.utils import get_object
 
+    target = model_cfg.get("_target_")
+    if target is None:
+        return None
+    built = get_object(str(target))
     from cytobench.models.yolo import YoloModel, build_yolo
 
-    target = model_cfg.get("_target_")
-    return target is not None and get_object(str(target)) in (build_yolo, YoloModel)
+    if built in (build_yolo, YoloModel):
+        from cytobench.engine.ultralytics_run import run_yolo
+
+        return run_yolo
+    if str(target).startswith("cytobench.models.cellpose_baseline."):
+        from cytobench.engine.cellpose_run import run_cellpose
+
+        return run_cellpose
+    return None
 
 
 def user_error(err: BaseException) -> CytobenchError | None:

@@ -18,11 +18,16 @@ The network is Cellpose's CPnet built with ``CellposeModel(pretrained_model=Fals
 weights are downloaded (cellpose 4.x only trains from its SAM weights, hence ``cellpose>=3.1,<4``).
 Cellpose pins ``numpy<2.1``, hence an optional extra: ``pip install -e ".[cellpose]"`` (it may move NumPy
 back to 2.0.x; cytobench runs on it). Without it, :func:`import_cellpose` raises a one-line error.
+
+:class:`CellposeInstanceModel` (:func:`build_cellpose`, ``conf/model/cellpose.yaml``) puts the CPnet behind
+cytobench's model contract: ``python train.py experiment=cellpose_brightfield`` trains it through
+:mod:`cytobench.engine.cellpose_run` (Cellpose's loop, cytobench's run folder, evaluator and checkpoint), and
+``cytobench predict`` / ``reproduce brightfield/table5_7`` load its checkpoint as any other (weights only:
+the CPnet's tensors).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,12 +39,15 @@ from cytobench.errors import BadInputError
 from cytobench.ops.instances import labels_to_instances
 
 __all__ = [
+    "CellposeInstanceModel",
     "CellposeSettings",
+    "build_cellpose",
     "cellpose_predictions",
     "dataset_for_cellpose",
+    "fit_cellpose",
     "import_cellpose",
+    "new_cellpose_model",
     "predict_cellpose",
-    "run_cellpose_baseline",
     "score_predictions",
     "target_label_image",
     "train_cellpose",
@@ -111,37 +119,48 @@ class CellposeSettings(dict):
         super().__init__({**self.DEFAULTS, **values})
 
 
-def train_cellpose(
+def new_cellpose_model(device: str = "cpu", nchan: int = 2) -> Any:
+    """An untrained ``CellposeModel`` (random CPnet, nothing downloaded) on ``device``."""
+    import_cellpose()
+    from cellpose import models
+
+    gpu = device != "cpu" and torch.cuda.is_available()
+    return models.CellposeModel(
+        gpu=gpu,
+        pretrained_model=False,
+        model_type=None,
+        nchan=int(nchan),
+        device=torch.device(device) if gpu else None,
+    )
+
+
+def fit_cellpose(
+    model: Any,
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
     save_dir: str | Path,
     *,
     seed: int = 0,
-    device: str = "cpu",
     settings: CellposeSettings | None = None,
-) -> Any:
-    """Train Cellpose's CPnet from random init on ``images`` / ``labels``; returns the ``CellposeModel``.
+) -> list[float]:
+    """Train ``model.net`` in place with Cellpose's ``train_seg``; returns the mean training loss per epoch.
 
     Args:
+        model: a ``CellposeModel`` (:func:`new_cellpose_model`).
         images / labels: from :func:`dataset_for_cellpose` (2-channel images, ``channel_axis=0``).
-        save_dir: Cellpose writes its weights to ``save_dir/models/cellpose_cytobench``.
+        save_dir: Cellpose writes its own copy of the weights to ``save_dir/models/cellpose_cytobench``
+            (Cellpose's format: its GUI and CLI open it).
         seed: seeds torch and NumPy's global generator (Cellpose's augmentation draws from it).
-        device: ``"cpu"`` or a CUDA device.
         settings: :class:`CellposeSettings`.
     """
-    import_cellpose()
-    from cellpose import models, train
+    from cellpose import train
 
     settings = settings or CellposeSettings()
     torch.manual_seed(seed)
     np.random.seed(seed)  # noqa: NPY002 - Cellpose's augmentation uses the global generator
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
-    gpu = device != "cpu" and torch.cuda.is_available()
-    model = models.CellposeModel(
-        gpu=gpu, pretrained_model=False, model_type=None, device=torch.device(device) if gpu else None
-    )
-    train.train_seg(
+    _, losses, _ = train.train_seg(
         model.net,
         train_data=list(images),
         train_labels=list(labels),
@@ -156,7 +175,100 @@ def train_cellpose(
         save_path=str(save_dir),
         model_name="cellpose_cytobench",
     )
+    return [float(x) for x in np.asarray(losses, dtype=np.float64).reshape(-1)]
+
+
+def train_cellpose(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    save_dir: str | Path,
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    settings: CellposeSettings | None = None,
+) -> Any:
+    """Train Cellpose's CPnet from random init on ``images`` / ``labels``; returns the ``CellposeModel``
+    (:func:`new_cellpose_model` then :func:`fit_cellpose`)."""
+    model = new_cellpose_model(device, nchan=int(np.asarray(images[0]).shape[0]) if len(images) else 2)
+    fit_cellpose(model, images, labels, save_dir, seed=seed, settings=settings)
     return model
+
+
+class CellposeInstanceModel(torch.nn.Module):
+    """Cellpose's CPnet behind cytobench's model contract (module docstring).
+
+    In eval mode ``model(images)`` returns cytobench predictions (:func:`predict_cellpose`); training is
+    :meth:`fit` (Cellpose's own loop), which ``python train.py`` reaches through
+    :mod:`cytobench.engine.cellpose_run`, never the shared trainer's ``model(images, targets)``. The state dict
+    is the CPnet's (``net.*``, its ``diam_mean`` / ``diam_labels`` included): a cytobench checkpoint of it
+    loads with ``torch.load(weights_only=True)``.
+
+    Args:
+        nchan: image channels (the brightfield data's two planes).
+        settings: :class:`CellposeSettings` values (training and inference).
+    """
+
+    def __init__(self, nchan: int = 2, **settings: Any) -> None:
+        super().__init__()
+        self.settings = CellposeSettings(**settings)
+        self.cellpose = new_cellpose_model("cpu", nchan=nchan)
+        self.net = (
+            self.cellpose.net
+        )  # a registered submodule: .to(), state_dict() and load_state_dict() reach it
+        self.nchan = int(nchan)
+
+    def fit(
+        self,
+        images: Sequence[np.ndarray],
+        labels: Sequence[np.ndarray],
+        save_dir: str | Path,
+        *,
+        seed: int = 0,
+    ) -> list[float]:
+        """Train with Cellpose's ``train_seg`` (:func:`fit_cellpose`); returns the loss per epoch."""
+        self._follow_device()
+        return fit_cellpose(self.cellpose, images, labels, save_dir, seed=seed, settings=self.settings)
+
+    def _follow_device(self) -> None:
+        # CellposeModel keeps its own device for inputs and mask dynamics: keep it where the CPnet was moved
+        device = self.net.diam_labels.device
+        self.cellpose.device = device
+        self.cellpose.gpu = device.type != "cpu"
+
+    def forward(
+        self, images: Sequence[torch.Tensor], targets: Sequence[dict[str, Any]] | None = None
+    ) -> list[dict[str, torch.Tensor]]:
+        if targets is not None:
+            raise BadInputError(
+                "model",
+                "Cellpose trains through its own loop, not the shared trainer: "
+                "python train.py experiment=cellpose_brightfield",
+            )
+        images = list(images)
+        for image in images:
+            if image.ndim != 3 or image.shape[0] != self.nchan:
+                raise BadInputError(
+                    "images",
+                    f"Cellpose was built for {self.nchan} channels, got an image of shape {tuple(image.shape)}",
+                )
+        if not images:
+            return []
+        self._follow_device()
+        arrays = [np.asarray(image.detach().float().cpu()) for image in images]
+        predictions = predict_cellpose(self.cellpose, arrays, self.settings)
+        device = images[0].device
+        return [{key: value.to(device) for key, value in p.items()} for p in predictions]
+
+
+def build_cellpose(num_classes: int = 2, *, nchan: int = 2, **settings: Any) -> CellposeInstanceModel:
+    """The Cellpose baseline of ``conf/model/cellpose.yaml`` (one class: cells).
+
+    Raises:
+        BadInputError: more than one object class, an unknown setting, or cellpose not installed.
+    """
+    if int(num_classes) != 2:
+        raise BadInputError("model", f"Cellpose segments one class (cells): num_classes 2, got {num_classes}")
+    return CellposeInstanceModel(nchan=nchan, **settings)
 
 
 def cellpose_predictions(
@@ -209,32 +321,3 @@ def score_predictions(
     for target, prediction in zip(targets, predictions):
         evaluator.process_image(target, prediction)
     return evaluator.compute()
-
-
-def run_cellpose_baseline(
-    train_set: Any,
-    val_set: Any,
-    evaluator: Any,
-    out_dir: str | Path,
-    *,
-    seed: int = 0,
-    device: str = "cpu",
-    **settings: Any,
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Train Cellpose on ``train_set``, predict ``val_set``, score it: ``(metrics, predictions)``.
-
-    Args:
-        train_set / val_set: cytobench data sets yielding ``masks`` (``brightfield_instance_dataset``); the
-            train split built without transforms (Cellpose augments itself).
-        evaluator: a cytobench evaluator (the same as the other baselines').
-        out_dir: Cellpose's weights folder.
-        settings: :class:`CellposeSettings` values.
-    """
-    config = CellposeSettings(**settings)
-    os.environ.setdefault("CELLPOSE_LOCAL_MODELS_PATH", str(Path(out_dir) / "cellpose_models"))
-    images, labels = dataset_for_cellpose(train_set)
-    model = train_cellpose(images, labels, out_dir, seed=seed, device=device, settings=config)
-    val = [(image, target) for image, target in val_set]
-    predictions = predict_cellpose(model, [np.asarray(image, dtype=np.float32) for image, _ in val], config)
-    metrics = score_predictions(evaluator, [target for _, target in val], predictions)
-    return metrics, predictions

@@ -20,8 +20,8 @@ Scores are cached in ``<out>/eval_cache.json`` (shared with Tables 5.1-5.6, keye
 
 A row comes from the model's ``_target_`` and options: ``Mask R-CNN``, ``YOLOv8`` (YOLOv8-seg; the thesis'
 YOLOv5 row has no counterpart), ``SEU-Net + watershed``, ``SparseSEU-Net`` (single-level, no overlap head, no
-objectness: the thesis' vanilla model) and its variants by name. Cellpose trains outside the shared trainer
-(:mod:`cytobench.models.cellpose_baseline`) and is not collected here. The thesis' starred rows started from
+objectness: the thesis' vanilla model) and its variants by name; Cellpose (trained by its own loop,
+:mod:`cytobench.engine.cellpose_run`) by its checkpoint as the others. The thesis' starred rows started from
 pretrained weights; ours all train from random initialisation, and the tables say so.
 
 Each table writes ``<out>/table5_K.md`` / ``.json`` and a figure of the first model of each row on two test
@@ -68,13 +68,14 @@ ERROR_PREFIXES = {"baseline": "coco", "w/ gt mask": "gt_mask", "gt matched": "gt
 
 # ------------------------------------------------------------------------------------------------ row labels
 def _kind(model: TrainedModel) -> str:
-    """``sparse_seunet``, ``mask_rcnn``, ``yolo``, ``watershed`` or ``""`` (not an instance model)."""
+    """``sparse_seunet``, ``mask_rcnn``, ``yolo``, ``watershed``, ``cellpose`` or ``""`` (not an instance model)."""
     target = str(model.model_config.get("_target_", ""))
     for key, kind in (
         ("sparse_seunet", "sparse_seunet"),
         ("seunet_watershed", "watershed"),
         ("mask_rcnn", "mask_rcnn"),
         ("models.yolo", "yolo"),
+        ("cellpose_baseline", "cellpose"),
     ):
         if key in target:
             return kind
@@ -108,7 +109,7 @@ def model_label(model: TrainedModel) -> str | None:
         return _sparse_name(sparse_variant(model))
     if kind == "yolo":
         return "YOLOv8" if str(model.model_config.get("task", "segment")) == "segment" else None
-    return {"mask_rcnn": "Mask R-CNN", "watershed": "SEU-Net + watershed"}.get(kind)
+    return {"mask_rcnn": "Mask R-CNN", "watershed": "SEU-Net + watershed", "cellpose": "Cellpose"}.get(kind)
 
 
 def overlap_label(model: TrainedModel) -> str | None:
