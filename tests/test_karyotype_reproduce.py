@@ -269,6 +269,24 @@ def test_a_yolo_karyotyper_is_scored_raw_and_again_with_its_pair_prior(
     assert "| YOLOv8 + pair prior (ours; the same weights; one box per chromosome" in result["table"]
 
 
+def test_score_model_applies_adjust_to_the_loaded_model_before_scoring(stand_ins: dict) -> None:
+    """``adjust`` changes prediction settings of the checkpoint's model (two_stage_settings.py's sweep)."""
+    from cytobench.reproduce.karyotype_models import score_model
+
+    model, test_set = stand_ins["models"]["YOLOv8"], stand_ins["test_set"]
+    plain = score_model(model, test_set, "cpu")["metrics"]
+    assert plain["recall"] == pytest.approx(1.0) and plain["exact_match"] == pytest.approx(1.0)
+    seen: list[str] = []
+
+    def low_scores(net: torch.nn.Module) -> None:
+        seen.append(type(net).__name__)
+        net.mode = "low"  # every score 0.3, under the evaluator's 0.5
+
+    lowered = score_model(model, test_set, "cpu", adjust=low_scores)["metrics"]
+    assert seen == ["TruthDetector"]
+    assert lowered["recall"] == 0.0 and lowered["exact_match"] == 0.0
+
+
 def test_cli_refuses_to_overwrite_before_reading_the_checkpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

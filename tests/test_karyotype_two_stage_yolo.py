@@ -4,6 +4,7 @@ YOLO as stage 1 (experiment=karyotype_enumerator_yolo, then experiment=karyotype
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from cytobench.errors import BadInputError
 from cytobench.io.checkpoint import load_checkpoint
 from cytobench.models.yolo import build_yolo_detector
 from cytobench.train import run
-from tests.conftest import compose_config
+from tests.conftest import ROOT, compose_config
 
 
 def _coco(names: list[str]) -> dict:
@@ -60,7 +61,7 @@ def test_the_enumerator_sees_the_spreads_own_images(tmp_path: Path, data_dir: Pa
 def test_tables_name_the_yolo_enumerator(tmp_path: Path, data_dir: Path) -> None:
     from omegaconf import OmegaConf
 
-    from cytobench.reproduce.karyotype_tables import model_row, model_variant
+    from cytobench.reproduce.karyotype_models import model_row, model_variant
 
     for name, variant in (
         ("karyotype_two_stage_yolo", "YOLO detector (trained before) + crop classifier"),
@@ -120,6 +121,27 @@ def test_enumerator_then_two_stage_classifier(tmp_path: Path, data_dir: Path) ->
     state = load_checkpoint(two_dir / "checkpoints" / "last.pt")
     assert state["model"] and all(key.startswith("classifier.") for key in state["model"])
     assert _sha(enum_ckpt) == digest
+
+    # experiments/karyotype/two_stage_settings.py: its first setting is the model's own (as reproduce scores
+    # it); a cell threshold above every score keeps nothing
+    spec = importlib.util.spec_from_file_location(
+        "settings", ROOT / "experiments/karyotype/two_stage_settings.py"
+    )
+    settings = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(settings)
+    from cytobench.reproduce.base import TestSet
+    from cytobench.reproduce.karyotype_models import models_from_checkpoints, score_model
+
+    val_json, val_images = Path(cfg.data.val.ann_file), Path(cfg.data.val.root)
+    best = two_dir / "checkpoints" / "best.pt"
+    own, none = settings.score_settings(
+        best, val_json, val_images, [(None, "product", 0.5), (0.7, "product", 1.01)]
+    )
+    plain = score_model(models_from_checkpoints([best])[0], TestSet(val_json, val_images, -1), "cpu")[
+        "metrics"
+    ]
+    assert own == {c: pytest.approx(plain[c], nan_ok=True) for c in settings.COLUMNS}
+    assert none["recall"] == 0.0 and none["exact_match"] == 0.0
 
     # a 24-class YOLO is not an enumerator
     yolo24 = tmp_path / "yolo24"
