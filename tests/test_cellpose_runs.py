@@ -42,6 +42,8 @@ def test_without_cellpose_the_run_is_refused_before_anything_is_written(
     assert not run_dir.exists() and not fresh_data.exists()  # no config written, nothing simulated
     with pytest.raises(BadInputError, match="one class"):
         build_cellpose(num_classes=3)
+    with pytest.raises(BadInputError, match="model.diam_mean: must be a diameter in px > 0 or 'auto'"):
+        build_cellpose(diam_mean=0)
 
 
 @pytest.mark.slow
@@ -66,6 +68,14 @@ def test_smoke_run_checkpoint_loads_weights_only_and_scores_as_reported(
     assert raw["num_classes"] == 2 and any(k.startswith("net.") for k in raw["model"])
     model, info = load_model_from_checkpoint(tmp_path / "checkpoints" / "best.pt")
     assert info["model_config"]["_target_"].endswith("build_cellpose")
+    # diam_mean "auto": the training labels' mean diameter, saved with the weights and used in inference
+    from cytobench.models.cellpose_baseline import dataset_for_cellpose, mean_label_diameter
+
+    train_labels = dataset_for_cellpose(instantiate(cfg.data.val, ann_file=cfg.data.train_ann))[1]
+    assert float(raw["model"]["net.diam_mean"]) == pytest.approx(mean_label_diameter(train_labels), rel=1e-5)
+    assert float(raw["model"]["net.diam_mean"]) != pytest.approx(30.0)
+    model([torch.zeros(2, 32, 32)])
+    assert model.cellpose.diam_mean == pytest.approx(float(raw["model"]["net.diam_mean"]))
     val = instantiate(cfg.data.val)
     loader = build_loader(val, batch_size=2, num_workers=0, train=False, seed=0)
     again = inference_on_dataset(model, loader, instantiate(cfg.evaluator))

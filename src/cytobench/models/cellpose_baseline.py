@@ -46,6 +46,7 @@ __all__ = [
     "dataset_for_cellpose",
     "fit_cellpose",
     "import_cellpose",
+    "mean_label_diameter",
     "new_cellpose_model",
     "predict_cellpose",
     "score_predictions",
@@ -119,8 +120,9 @@ class CellposeSettings(dict):
         super().__init__({**self.DEFAULTS, **values})
 
 
-def new_cellpose_model(device: str = "cpu", nchan: int = 2) -> Any:
-    """An untrained ``CellposeModel`` (random CPnet, nothing downloaded) on ``device``."""
+def new_cellpose_model(device: str = "cpu", nchan: int = 2, diam_mean: float = 30.0) -> Any:
+    """An untrained ``CellposeModel`` (random CPnet, nothing downloaded) on ``device``; ``diam_mean``: the
+    diameter (px) cells are rescaled to in training and inference (Cellpose's 30)."""
     import_cellpose()
     from cellpose import models
 
@@ -130,8 +132,20 @@ def new_cellpose_model(device: str = "cpu", nchan: int = 2) -> Any:
         pretrained_model=False,
         model_type=None,
         nchan=int(nchan),
+        diam_mean=float(diam_mean),
         device=torch.device(device) if gpu else None,
     )
+
+
+def mean_label_diameter(labels: Sequence[np.ndarray]) -> float:
+    """The mean over images (with cells) of each label image's median cell diameter, as Cellpose's
+    ``train_seg`` measures its training set (``diam_labels``)."""
+    from cellpose import utils
+
+    diameters = [float(utils.diameters(np.asarray(lbl))[0]) for lbl in labels if np.asarray(lbl).max() > 0]
+    if not diameters:
+        raise BadInputError("cellpose training set", "has no cells to measure a diameter on")
+    return float(np.mean(diameters))
 
 
 def fit_cellpose(
@@ -205,16 +219,25 @@ class CellposeInstanceModel(torch.nn.Module):
 
     Args:
         nchan: image channels (the brightfield data's two planes).
+        diam_mean: the diameter (px) cells are rescaled to, in training and inference. Cellpose's 30 suits its
+            fields of many small cells; ``"auto"``: the training labels' own mean (:func:`mean_label_diameter`,
+            set by :meth:`fit`), so images keep their size. (Four ~95 px cells of a 256 px image rescaled to
+            30 px fill ~5% of Cellpose's 224 px training crops, and it learns to call everything background.)
         settings: :class:`CellposeSettings` values (training and inference).
     """
 
-    def __init__(self, nchan: int = 2, **settings: Any) -> None:
+    def __init__(self, nchan: int = 2, diam_mean: float | str = 30.0, **settings: Any) -> None:
         super().__init__()
+        if diam_mean != "auto" and not (isinstance(diam_mean, int | float) and diam_mean > 0):
+            raise BadInputError(
+                "model.diam_mean", f"must be a diameter in px > 0 or 'auto', got {diam_mean!r}"
+            )
         self.settings = CellposeSettings(**settings)
-        self.cellpose = new_cellpose_model("cpu", nchan=nchan)
-        self.net = (
-            self.cellpose.net
-        )  # a registered submodule: .to(), state_dict() and load_state_dict() reach it
+        self.diam_mean = diam_mean
+        start = 30.0 if diam_mean == "auto" else float(diam_mean)
+        self.cellpose = new_cellpose_model("cpu", nchan=nchan, diam_mean=start)
+        # a registered submodule: .to(), state_dict() and load_state_dict() reach the CPnet
+        self.net = self.cellpose.net
         self.nchan = int(nchan)
 
     def fit(
@@ -226,14 +249,18 @@ class CellposeInstanceModel(torch.nn.Module):
         seed: int = 0,
     ) -> list[float]:
         """Train with Cellpose's ``train_seg`` (:func:`fit_cellpose`); returns the loss per epoch."""
-        self._follow_device()
+        if self.diam_mean == "auto":
+            self.net.diam_mean.data.fill_(mean_label_diameter(labels))
+        self._sync()
         return fit_cellpose(self.cellpose, images, labels, save_dir, seed=seed, settings=self.settings)
 
-    def _follow_device(self) -> None:
-        # CellposeModel keeps its own device for inputs and mask dynamics: keep it where the CPnet was moved
+    def _sync(self) -> None:
+        # CellposeModel keeps its own device (inputs, mask dynamics) and rescaling diameter: follow the
+        # CPnet's (moved by .to(); diameters set by fit or restored by load_state_dict)
         device = self.net.diam_labels.device
         self.cellpose.device = device
         self.cellpose.gpu = device.type != "cpu"
+        self.cellpose.diam_mean = float(self.net.diam_mean.item())
 
     def forward(
         self, images: Sequence[torch.Tensor], targets: Sequence[dict[str, Any]] | None = None
@@ -253,14 +280,16 @@ class CellposeInstanceModel(torch.nn.Module):
                 )
         if not images:
             return []
-        self._follow_device()
+        self._sync()
         arrays = [np.asarray(image.detach().float().cpu()) for image in images]
         predictions = predict_cellpose(self.cellpose, arrays, self.settings)
         device = images[0].device
         return [{key: value.to(device) for key, value in p.items()} for p in predictions]
 
 
-def build_cellpose(num_classes: int = 2, *, nchan: int = 2, **settings: Any) -> CellposeInstanceModel:
+def build_cellpose(
+    num_classes: int = 2, *, nchan: int = 2, diam_mean: float | str = 30.0, **settings: Any
+) -> CellposeInstanceModel:
     """The Cellpose baseline of ``conf/model/cellpose.yaml`` (one class: cells).
 
     Raises:
@@ -268,7 +297,7 @@ def build_cellpose(num_classes: int = 2, *, nchan: int = 2, **settings: Any) -> 
     """
     if int(num_classes) != 2:
         raise BadInputError("model", f"Cellpose segments one class (cells): num_classes 2, got {num_classes}")
-    return CellposeInstanceModel(nchan=nchan, **settings)
+    return CellposeInstanceModel(nchan=nchan, diam_mean=diam_mean, **settings)
 
 
 def cellpose_predictions(
