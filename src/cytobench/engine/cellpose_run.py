@@ -31,7 +31,7 @@ from cytobench.engine.distributed import local_device
 from cytobench.engine.inference import inference_on_dataset
 from cytobench.engine.run_setup import build_loader, build_logger, prepare_data, write_run_config
 from cytobench.errors import BadInputError
-from cytobench.io.files import write_json_atomic
+from cytobench.io.files import save_atomic, write_json_atomic
 from cytobench.reporting.tables import format_metrics
 
 __all__ = ["run_cellpose"]
@@ -118,8 +118,5 @@ def _save_checkpoints(model: torch.nn.Module, cfg: DictConfig, train_set: Any, f
         "seed": int(cfg.seed),
     }
     for name in ("last", "best"):
-        path = folder / f"{name}.pt"
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
+        save_atomic(state, folder / f"{name}.pt")
     return folder / "best.pt"
