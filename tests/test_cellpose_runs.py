@@ -46,6 +46,21 @@ def test_without_cellpose_the_run_is_refused_before_anything_is_written(
         build_cellpose(diam_mean=0)
 
 
+def test_a_cellpose_checkpoint_without_cellpose_is_a_one_line_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``cytobench predict`` / ``reproduce`` on a Cellpose checkpoint where the extra is missing: the model's
+    own error, not Hydra's wrapping of it."""
+    from cytobench.engine.predict import load_model_from_checkpoint
+
+    monkeypatch.setitem(sys.modules, "cellpose", None)
+    path = tmp_path / "best.pt"
+    config = {"_target_": "cytobench.models.cellpose_baseline.build_cellpose", "nchan": 2}
+    torch.save({"model": {}, "model_config": config, "num_classes": 2}, path)
+    with pytest.raises(BadInputError, match=r"cellpose: is not installed"):
+        load_model_from_checkpoint(path)
+
+
 @pytest.mark.slow
 def test_smoke_run_checkpoint_loads_weights_only_and_scores_as_reported(
     tmp_path: Path, data_dir: Path

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
@@ -21,7 +22,7 @@ from cytobench.data.image_list import ImageListDataset
 from cytobench.engine.distributed import local_device
 from cytobench.engine.inference import inference_on_dataset
 from cytobench.engine.predict_maps import DenseMapWriter
-from cytobench.errors import BadInputError
+from cytobench.errors import BadInputError, CytobenchError
 from cytobench.evaluation.base import Evaluator, EvaluatorList
 from cytobench.io.checkpoint import UnsafeCheckpointError, load_checkpoint
 from cytobench.io.coco_convert import image_size, prediction_to_coco, to_numpy
@@ -70,7 +71,14 @@ def load_model_from_checkpoint(
         return model.eval(), info
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
         raise BadInputError(path, "not a cytobench training checkpoint (no model_config)")
-    model = instantiate(ckpt["model_config"], num_classes=ckpt["num_classes"])
+    try:
+        model = instantiate(ckpt["model_config"], num_classes=ckpt["num_classes"])
+    except (
+        InstantiationException
+    ) as err:  # the model's own refusal (e.g. an optional extra missing), unwrapped
+        if isinstance(err.__cause__, CytobenchError):
+            raise err.__cause__ from None
+        raise
     model.load_state_dict(ckpt["model"])
     ckpt["label_to_cat_id"] = {int(k): int(v) for k, v in (ckpt.get("label_to_cat_id") or {}).items()}
     ckpt.setdefault("categories", [])
