@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 WANDB_MODE ?= offline
 export NO_ALBUMENTATIONS_UPDATE=1 HF_HUB_OFFLINE=1 MPLBACKEND=Agg WANDB_MODE
 
-.PHONY: venv demo demo-toy test test-fast lint format notebooks bench clean
+.PHONY: venv demo demo-toy test test-fast test-cellpose lint format notebooks bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,19 @@ test: venv
 
 test-fast: venv
 	$(BIN)/python -m pytest tests -m "not slow" -q
+
+## The optional Cellpose baseline's tests, in a venv of its own (cellpose 3.1 pins numpy<2.1); CI runs it too.
+CP_VENV ?= .venv-cellpose
+$(CP_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(CP_VENV)
+	$(CP_VENV)/bin/pip install -q --upgrade pip
+	$(CP_VENV)/bin/pip install -q $(TORCH_SPEC) -e ".[dev,cellpose]"
+	touch $@
+
+test-cellpose: $(CP_VENV)/.installed
+	$(CP_VENV)/bin/python -c "import cellpose.models, cellpose.train"  # fail here, not by skipping
+	$(CP_VENV)/bin/python -m pytest -q tests/test_cellpose_runs.py tests/unit/test_cellpose_baseline.py \
+		"tests/test_configs.py::test_smoke_experiment_runs[cellpose_brightfield_smoke]"
 
 lint: venv
 	$(BIN)/ruff check src tests bench experiments train.py
