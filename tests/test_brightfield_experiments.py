@@ -36,6 +36,7 @@ from cytobench.reproduce.brightfield_tables import (
     one_sided_welch,
     pair_training_rows,
     training_set_label,
+    welch_cell,
 )
 from cytobench.simulate.brightfield import simulate_brightfield
 from cytobench.train import run
@@ -430,6 +431,12 @@ def test_one_sided_p_follows_the_claimed_direction() -> None:
     assert one_sided_welch(better, worse) < 0.05 < one_sided_welch(worse, better)
     assert math.isnan(one_sided_welch([0.5], worse))
     assert np.isnan(one_sided_welch([0.5, float("nan")], worse))  # NaN repeats are dropped: one value left
+    # the table cell says why there is no p: too few repeats, no value (APs without small cells), no spread
+    assert welch_cell(better, worse)[1] == f"p = {one_sided_welch(better, worse):.3g}"
+    assert welch_cell([0.5], worse)[1] == "n/a (2+ repeats each)"
+    nan = float("nan")
+    assert welch_cell([nan, nan], [nan, nan])[1] == "n/a (no value to compare)"
+    assert welch_cell([0.5, 0.5], [0.4, 0.4])[1] == "n/a (no spread on either side)"
 
 
 def test_predict_writes_every_head_map_from_the_two_plane_files(smoke_run: Path, tmp_path: Path) -> None:

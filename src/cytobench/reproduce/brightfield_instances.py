@@ -50,7 +50,7 @@ from cytobench.reproduce.brightfield_eval import (
     models_from_runs,
     shared_test_set,
 )
-from cytobench.reproduce.brightfield_tables import add_common_arguments, one_sided_welch, print_result
+from cytobench.reproduce.brightfield_tables import add_common_arguments, print_result, welch_cell
 
 __all__ = ["TABLES", "build_table", "instance_scorer", "model_label", "reproduce", "sparse_variant"]
 
@@ -253,7 +253,7 @@ def build_table(
         column = list(columns).index(metric)
         a = [r.get(keys(better)[column], float("nan")) for r in groups[better]]
         b = [r.get(keys(than)[column], float("nan")) for r in groups[than]]
-        p = one_sided_welch(a, b)
+        p, cell = welch_cell(a, b)
         text = f"{better} > {than}"
         p_values[text] = {
             "metric": metric,
@@ -261,7 +261,6 @@ def build_table(
             "mean_better": mean_std(a)[0],
             "mean_than": mean_std(b)[0],
         }
-        cell = "n/a (2+ repeats each)" if math.isnan(p) else f"p = {p:.3g}"
         rows.append(
             [f"{text}: Welch one-sided (ours)", *["" if i != column else cell for i in range(len(columns))]]
         )

@@ -204,6 +204,19 @@ def one_sided_welch(better: Sequence[float], worse: Sequence[float]) -> float:
     return two_sided / 2 if mean_std(better)[0] > mean_std(worse)[0] else 1 - two_sided / 2
 
 
+def welch_cell(better: Sequence[float], worse: Sequence[float]) -> tuple[float, str]:
+    """:func:`one_sided_welch` and its table cell: ``p = ...``, or why there is no p."""
+    p = one_sided_welch(better, worse)
+    if not math.isnan(p):
+        return p, f"p = {p:.3g}"
+    finite = [sum(not math.isnan(v) for v in side) for side in (better, worse)]
+    if min(len(better), len(worse)) < 2:
+        return p, "n/a (2+ repeats each)"
+    if min(finite) < 2:  # e.g. APs on a test set without small cells
+        return p, "n/a (no value to compare)"
+    return p, "n/a (no spread on either side)"
+
+
 def pair_training_rows(paper_rows: Sequence[str], ours: Sequence[str]) -> dict[str, str]:
     """``{paper row: our row}`` for Tables 5.4-5.6: ``Original`` with ``Original``; the thesis'
     ``Synthetic (N)`` rows with ours of the same N, else by rank of N (smallest with smallest)."""
@@ -267,7 +280,7 @@ def claim_tests(
             for worse in _matching(groups, claim["than"]):
                 a = [r.get(key, float("nan")) for r in groups[better]]
                 b = [r.get(key, float("nan")) for r in groups[worse]]
-                p = one_sided_welch(a, b)
+                p, cell = welch_cell(a, b)
                 text = f"{better} > {worse}"
                 p_values[text] = {
                     "metric": key,
@@ -275,7 +288,6 @@ def claim_tests(
                     "mean_better": mean_std(a)[0],
                     "mean_than": mean_std(b)[0],
                 }
-                cell = "n/a (2+ repeats each)" if math.isnan(p) else f"p = {p:.3g}"
                 cells = ["" if i != column else cell for i in range(len(HEAD_METRICS))]
                 rows.append([f"{text}: Welch one-sided (ours)", *cells])
     return p_values, rows
