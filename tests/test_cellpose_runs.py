@@ -78,6 +78,8 @@ def test_smoke_run_checkpoint_loads_weights_only_and_scores_as_reported(
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
     assert metrics["best"]["checkpoint"] == str(tmp_path / "checkpoints" / "best.pt")
     assert (tmp_path / "cellpose" / "models" / "cellpose_cytobench").is_file()  # Cellpose's own copy
+    checkpoints = tmp_path / "checkpoints"  # one training, one state: last.pt is best.pt's copy
+    assert (checkpoints / "last.pt").read_bytes() == (checkpoints / "best.pt").read_bytes()
 
     raw = load_checkpoint(tmp_path / "checkpoints" / "best.pt")  # weights-only
     assert raw["num_classes"] == 2 and any(k.startswith("net.") for k in raw["model"])

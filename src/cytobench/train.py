@@ -247,13 +247,14 @@ def external_runner(model_cfg: DictConfig) -> Callable[[DictConfig, Path], float
     if target is None:
         return None
     built = get_object(str(target))
+    from cytobench.models.cellpose_baseline import CellposeInstanceModel, build_cellpose
     from cytobench.models.yolo import YoloModel, build_yolo
 
     if built in (build_yolo, YoloModel):
         from cytobench.engine.ultralytics_run import run_yolo
 
         return run_yolo
-    if str(target).startswith("cytobench.models.cellpose_baseline."):
+    if built in (build_cellpose, CellposeInstanceModel):
         from cytobench.engine.cellpose_run import run_cellpose
 
         return run_cellpose

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from cytobench.engine.distributed import local_device
 from cytobench.engine.inference import inference_on_dataset
 from cytobench.engine.run_setup import build_loader, build_logger, prepare_data, write_run_config
 from cytobench.errors import BadInputError
-from cytobench.io.files import save_atomic, write_json_atomic
+from cytobench.io.files import atomic_file, save_atomic, write_json_atomic
 from cytobench.reporting.tables import format_metrics
 
 __all__ = ["run_cellpose"]
@@ -117,6 +118,7 @@ def _save_checkpoints(model: torch.nn.Module, cfg: DictConfig, train_set: Any, f
         "epoch": int(cfg.trainer.max_epochs),
         "seed": int(cfg.seed),
     }
-    for name in ("last", "best"):
-        save_atomic(state, folder / f"{name}.pt")
-    return folder / "best.pt"
+    best = save_atomic(state, folder / "best.pt")
+    with atomic_file(folder / "last.pt", "wb") as out, best.open("rb") as src:  # one training, one state
+        shutil.copyfileobj(src, out)
+    return best
