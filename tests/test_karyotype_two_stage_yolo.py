@@ -8,6 +8,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,6 +143,17 @@ def test_enumerator_then_two_stage_classifier(tmp_path: Path, data_dir: Path) ->
     ]
     assert own == {c: pytest.approx(plain[c], nan_ok=True) for c in settings.COLUMNS}
     assert none["recall"] == 0.0 and none["exact_match"] == 0.0
+
+    # experiments/karyotype/missed_chromosomes.py finds what the evaluator's class-agnostic matching finds
+    spec = importlib.util.spec_from_file_location(
+        "missed", ROOT / "experiments/karyotype/missed_chromosomes.py"
+    )
+    missed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(missed)
+    records = missed.collect(best, val_json, val_images, 0.5)
+    scored = score_model(models_from_checkpoints([best])[0], TestSet(val_json, val_images, -1), "cpu")
+    assert len(records) == sum(len(t["boxes"]) for t in TestSet(val_json, val_images, -1).load_targets()[0])
+    assert sum(r["found"] for r in records) == int(np.sum(scored["confusion"]))
 
     # a 24-class YOLO is not an enumerator
     yolo24 = tmp_path / "yolo24"
