@@ -413,8 +413,7 @@ def test_public_converters_round_trip_through_json() -> None:
 @pytest.mark.parametrize("iou_type", ["bbox", "segm", "keypoints"])
 def test_chunked_matching_gives_the_arrays_of_one_call(iou_type: str, monkeypatch) -> None:
     """Images matched in chunks (memory flat in the number of images): precision / recall bit-equal."""
-    from cytobench.evaluation import accumulate_coco
-    from cytobench.evaluation import coco as coco_module
+    from cytobench.evaluation import accumulate_coco, coco_backends
 
     gt, results = random_coco(seed=11, n_images=23, seg="mixed")
     res = only(results, {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}[iou_type])
@@ -425,9 +424,9 @@ def test_chunked_matching_gives_the_arrays_of_one_call(iou_type: str, monkeypatc
         chunks.append(image_chunks(*args))
         return chunks[-1]
 
-    image_chunks = coco_module._image_chunks
-    monkeypatch.setattr(coco_module, "_image_chunks", spy)
-    monkeypatch.setattr(coco_module, "EVAL_CHUNK_PAIRS", 200)  # a few images per chunk
+    image_chunks = coco_backends.image_chunks
+    monkeypatch.setattr(coco_backends, "image_chunks", spy)
+    monkeypatch.setattr(coco_backends, "EVAL_CHUNK_PAIRS", 200)  # a few images per chunk
     chunked = accumulate_coco(gt, res, iou_type, max_dets=(1, 10, 300))
     assert len(chunks) == 1 and len(chunks[0]) > 3  # matched in several chunks, accumulated once
     for key in ("precision", "recall"):
@@ -437,8 +436,8 @@ def test_chunked_matching_gives_the_arrays_of_one_call(iou_type: str, monkeypatc
 
 def test_image_chunks_keep_order_and_the_pair_budget() -> None:
     """Consecutive images per chunk; an image over the budget alone gets its own chunk."""
-    from cytobench.evaluation.coco import _image_chunks
+    from cytobench.evaluation.coco_backends import image_chunks
 
     pairs = {1: 5, 2: 5, 3: 20, 4: 1}
-    assert _image_chunks([1, 2, 3, 4, 5], pairs, 10) == [[1, 2], [3], [4, 5]]
-    assert _image_chunks([1, 2, 3, 4, 5], pairs, 100) == [[1, 2, 3, 4, 5]]
+    assert image_chunks([1, 2, 3, 4, 5], pairs, 10) == [[1, 2], [3], [4, 5]]
+    assert image_chunks([1, 2, 3, 4, 5], pairs, 100) == [[1, 2, 3, 4, 5]]

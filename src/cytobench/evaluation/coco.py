@@ -21,12 +21,8 @@ list is evaluated normally: 0.0 wherever ground truth exists.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import functools
-import gc
 import importlib.util
-import io
 import json
 import warnings
 from collections import Counter
@@ -37,6 +33,7 @@ import numpy as np
 
 from cytobench.errors import BadInputError
 from cytobench.evaluation.base import Evaluator
+from cytobench.evaluation.coco_backends import gc_paused, run_faster, run_pycocotools
 from cytobench.evaluation.coco_prepare import prepare_gt, prepare_results
 from cytobench.io.coco_convert import (
     coco_gt_from_targets,
@@ -82,10 +79,6 @@ SEGM_DET_AREAS = ("box", "mask")
 #: The one category every object gets when categories are pooled (``class_agnostic``).
 AGNOSTIC_CATEGORY: dict[str, Any] = {"id": 1, "name": "object"}
 _AREA_TAGS = {"small": "s", "medium": "m", "large": "l"}
-
-
-def _quiet(*args: Any, **kwargs: Any) -> None:
-    """Print function that drops everything (faster-coco-eval logging)."""
 
 
 def _area_tag(label: str) -> str:
@@ -154,8 +147,8 @@ def accumulate_coco(
             "faster-coco-eval is not installed; using pycocotools (same numbers, slower)", stacklevel=2
         )
         backend = "pycocotools"
-    run = _run_faster if backend == "faster" else _run_pycocotools
-    with _gc_paused():
+    run = run_faster if backend == "faster" else run_pycocotools
+    with gc_paused():
         gt_data = prepare_gt(gt, iou_type, copy_inputs)
         res = prepare_results(results, {img["id"] for img in gt_data["images"]}, iou_type, copy_inputs)
         sigmas = _kpt_sigmas(gt_data, kpt_oks_sigmas) if iou_type == "keypoints" else None
@@ -171,126 +164,6 @@ def accumulate_coco(
         "area_labels": labels,
         "max_dets": dets,
     }
-
-
-#: IoU-matrix entries (gt x detections, summed over a chunk's images) per faster-coco-eval ``evaluate`` call:
-#: ~64 MiB of float64, so memory does not grow with the number of dense images (300 x 400 each), while sparse
-#: sets (a few objects per image) fit in one fused evaluate-and-accumulate call, the library's fastest path.
-EVAL_CHUNK_PAIRS = 8_000_000
-
-
-def _image_chunks(image_ids: list[Any], pairs: Mapping[Any, int], budget: int) -> list[list[Any]]:
-    """Consecutive runs of ``image_ids`` whose summed ``pairs`` stay within ``budget`` (at least one image)."""
-    chunks: list[list[Any]] = [[]]
-    total = 0
-    for image_id in image_ids:
-        n = pairs.get(image_id, 0)
-        if chunks[-1] and total + n > budget:
-            chunks.append([])
-            total = 0
-        chunks[-1].append(image_id)
-        total += n
-    return chunks
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Any:
-    """Pause Python's cyclic garbage collector: building the libraries' indexes allocates ~10 small dicts per
-    object, which triggers full collections over everything alive (the caller's data too) without freeing
-    anything. Reference counting still frees memory; the previous state is restored on exit."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _run_faster(
-    gt: dict[str, Any],
-    res: list[dict],
-    iou_type: str,
-    sigmas: np.ndarray | None,
-    configure: Any,
-    pairs: Mapping[Any, int],
-) -> Any:
-    """faster-coco-eval's evaluate + accumulate with its logging silenced; returns the COCOeval.
-
-    ``pairs``: per image id, the number of IoU entries its matching computes (gt x detections). Within
-    :data:`EVAL_CHUNK_PAIRS` in all, one fused evaluate-and-accumulate call. Otherwise images are matched
-    in chunks of at most that many entries (the per-image matching is independent, and each chunk's IoU
-    matrices are dropped once matched); the chunks' per-image evaluations are then put in the order one
-    call over every image gives ([category][area][image]) and accumulated once, so the numbers are those
-    of a single call.
-    """
-    from faster_coco_eval import COCO, COCOeval_faster
-
-    coco_gt = COCO(gt, print_function=_quiet)
-    coco_dt = coco_gt.loadRes(res)
-    coco_dt.print_function = _quiet
-    fused = sum(pairs.values()) <= EVAL_CHUNK_PAIRS
-    ev = COCOeval_faster(
-        coco_gt, coco_dt, iou_type, print_function=_quiet, kpt_oks_sigmas=sigmas, separate_eval=not fused
-    )
-    configure(ev.params)
-    if fused:
-        ev.evaluate()  # evaluates and accumulates in one C++ call
-        return ev
-    image_ids = sorted(set(ev.params.imgIds))
-    parts = []
-    for chunk in _image_chunks(image_ids, pairs, EVAL_CHUNK_PAIRS):
-        ev.params.imgIds = chunk
-        ev.evaluate()
-        parts.append((len(chunk), ev._evalImgs_cpp))
-        ev.ious = ev._evalImgs_cpp = None  # this chunk's IoU matrices go now
-    n_groups = len(ev.params.catIds if ev.params.useCats else [-1]) * len(ev.params.areaRng)
-    merged = [
-        item
-        for group in range(n_groups)  # [category][area], each over all images in order
-        for n, evals in parts
-        for item in evals[group * n : (group + 1) * n]
-    ]
-    ev.params.imgIds = image_ids
-    ev._paramsEval = copy.deepcopy(ev.params)
-    ev._evalImgs_cpp = merged
-    ev.accumulate()
-    return ev
-
-
-def _run_pycocotools(
-    gt: dict[str, Any],
-    res: list[dict],
-    iou_type: str,
-    sigmas: np.ndarray | None,
-    configure: Any,
-    pairs: Mapping[Any, int],
-) -> Any:
-    """pycocotools' evaluate + accumulate with stdout silenced; returns the COCOeval."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
-        if res:
-            coco_dt = coco_gt.loadRes(res)
-        else:  # pycocotools' loadRes cannot take an empty list
-            coco_dt = COCO()
-            coco_dt.dataset = {
-                "images": list(gt["images"]),
-                "categories": gt["categories"],
-                "annotations": [],
-            }
-            coco_dt.createIndex()
-        ev = COCOeval(coco_gt, coco_dt, iou_type)
-        if sigmas is not None:
-            ev.params.kpt_oks_sigmas = sigmas
-        configure(ev.params)
-        ev.evaluate()
-        ev.accumulate()
-    return ev
 
 
 def _set_params(params: Any, max_dets: list[int], area_rng: list[list[float]], labels: list[str]) -> None:
