@@ -29,13 +29,11 @@ from cytobench.evaluation.head_pixel import HEAD_METRICS
 from cytobench.reproduce import REPRODUCTIONS, load_reproduction
 from cytobench.reproduce.base import load_paper
 from cytobench.reproduce.brightfield_eval import TrainedModel
+from cytobench.reproduce.brightfield_labels import attention_label, heads_label, training_set_label
 from cytobench.reproduce.brightfield_tables import (
-    attention_label,
     build_table,
-    heads_label,
     one_sided_welch,
     pair_training_rows,
-    training_set_label,
     welch_cell,
 )
 from cytobench.simulate.brightfield import simulate_brightfield
