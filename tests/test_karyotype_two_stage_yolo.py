@@ -99,7 +99,9 @@ def _sha(path: Path) -> str:
 
 
 @pytest.mark.slow
-def test_enumerator_then_two_stage_classifier(tmp_path: Path, data_dir: Path) -> None:
+def test_enumerator_then_two_stage_classifier(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     enum_dir = tmp_path / "enum"
     run(compose_config(["experiment=karyotype_enumerator_yolo_smoke"], enum_dir, data_dir))
     enum_ckpt = enum_dir / "checkpoints" / "best.pt"
@@ -154,6 +156,10 @@ def test_enumerator_then_two_stage_classifier(tmp_path: Path, data_dir: Path) ->
     scored = score_model(models_from_checkpoints([best])[0], TestSet(val_json, val_images, -1), "cpu")
     assert len(records) == sum(len(t["boxes"]) for t in TestSet(val_json, val_images, -1).load_targets()[0])
     assert sum(r["found"] for r in records) == int(np.sum(scored["confusion"]))
+    capsys.readouterr()
+    missed.main(["--checkpoint", str(best), "--test-json", str(val_json), "--images", str(val_images)])
+    table = capsys.readouterr().out
+    assert f"| all | {len(records)} | {sum(not r['found'] for r in records)} |" in table
 
     # a 24-class YOLO is not an enumerator
     yolo24 = tmp_path / "yolo24"

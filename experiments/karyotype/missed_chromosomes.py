@@ -137,12 +137,12 @@ def miss_table(records: list[dict[str, float]]) -> list[tuple[str, int, int]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--test-json", type=Path, required=True)
-    parser.add_argument("--images", type=Path, default=None, help="default: images/ beside --test-json")
+    from cytobench.reproduce.karyotype_models import add_held_out_arguments, held_out_images
+
+    add_held_out_arguments(parser)
     parser.add_argument("--score-thr", type=float, default=0.5)
     args = parser.parse_args(argv)
-    images = args.images or args.test_json.parent / "images"
+    images = held_out_images(args)
     records = collect(args.checkpoint, args.test_json, images, args.score_thr)
     print("| chromosomes | n | missed | miss rate |\n|---|---|---|---|")
     for name, total, missed in miss_table(records):

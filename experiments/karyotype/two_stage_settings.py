@@ -79,13 +79,13 @@ def score_settings(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--test-json", type=Path, required=True)
-    parser.add_argument("--images", type=Path, default=None, help="default: images/ beside --test-json")
+    from cytobench.reproduce.karyotype_models import add_held_out_arguments, held_out_images
+
+    add_held_out_arguments(parser)
     parser.add_argument("--setting", type=parse_setting, nargs="+", default=None)
     args = parser.parse_args(argv)
     settings = args.setting or [parse_setting(text) for text in DEFAULT_SETTINGS]
-    images = args.images or args.test_json.parent / "images"
+    images = held_out_images(args)
     print("| NMS IoU | score | cell thr. | " + " | ".join(COLUMNS) + " |")
     print("|---" * (3 + len(COLUMNS)) + "|")
     for (iou, mode, thr), row in zip(

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "add_held_out_arguments",
+    "held_out_images",
     "DATA_KINDS",
     "MODEL_ROWS",
     "KaryotypeModel",
@@ -238,3 +240,16 @@ def score_model(
         "predictions": [{k: v.tolist() for k, v in p.items()} for p in evaluator.kept],
         "switchable_prior": switchable,
     }
+
+
+def add_held_out_arguments(parser: Any) -> None:
+    """``--checkpoint``, ``--test-json`` and ``--images`` of the scripts that score one karyotype checkpoint
+    on a held-out set a ``cytobench reproduce karyotype/...`` run wrote (experiments/karyotype/)."""
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--test-json", type=Path, required=True, help="OUT/test_data/<set>/annotations.json")
+    parser.add_argument("--images", type=Path, default=None, help="default: images/ beside --test-json")
+
+
+def held_out_images(args: Any) -> Path:
+    """The images folder of :func:`add_held_out_arguments`' test set: ``--images`` or ``images/`` beside the json."""
+    return args.images or args.test_json.parent / "images"
