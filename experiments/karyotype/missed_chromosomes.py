@@ -27,11 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-CROWDING = (
-    ("free-standing", 0.0, 0.0),
-    ("touching (IoU <= 0.1)", 0.0, 0.1),
-    ("overlapping (> 0.1)", 0.1, 1.0),
-)
+CROWDING = ("free-standing", "touching (IoU <= 0.1)", "overlapping (> 0.1)")
 WHY_MISSED = (
     "its box went to a neighbour",
     "boxed below the score threshold",
@@ -49,6 +45,21 @@ def crowding(gt_boxes: np.ndarray) -> np.ndarray:
     iou = box_iou(gt_boxes, gt_boxes)
     np.fill_diagonal(iou, 0.0)
     return iou.max(axis=1)
+
+
+def crowding_class(value: float) -> str:
+    """The :data:`CROWDING` row of a chromosome whose largest box IoU with a neighbour is ``value``."""
+    return CROWDING[0] if value == 0.0 else CROWDING[1] if value <= 0.1 else CROWDING[2]
+
+
+def why_missed(ious: np.ndarray, kept: np.ndarray) -> int:
+    """The :data:`WHY_MISSED` index of a missed truth from the IoUs of every detection with it."""
+    covers = ious >= 0.5
+    if (covers & kept).any():
+        return 0
+    if covers.any():
+        return 1
+    return 2 if ious.max(initial=0.0) >= 0.1 else 3
 
 
 def image_records(
@@ -69,18 +80,7 @@ def image_records(
     crowd = crowding(gt_boxes)
     records = []
     for index, (cls, match) in enumerate(zip(gt_classes, gt_to_det)):
-        covers, best = iou[:, index] >= 0.5, float(iou[:, index].max(initial=0.0))
-        why = (
-            -1
-            if match >= 0
-            else 0
-            if (covers & kept).any()
-            else 1
-            if covers.any()
-            else 2
-            if best >= 0.1
-            else 3
-        )
+        why = -1 if match >= 0 else why_missed(iou[:, index], kept)
         records.append(
             {"class": int(cls), "found": bool(match >= 0), "crowding": float(crowd[index]), "why": why}
         )
@@ -122,10 +122,10 @@ def denver_group(class_id: int) -> str:
 
 
 def miss_table(records: list[dict[str, float]]) -> list[tuple[str, int, int]]:
-    """``(row, truths, missed)`` rows: all, by crowding, by Denver group, and the misses by nearest IoU."""
+    """``(row, truths, missed)`` rows: all, by crowding, by Denver group, and the misses by reason."""
     rows = [("all", len(records), sum(not r["found"] for r in records))]
-    for name, low, high in CROWDING:
-        part = [r for r in records if (r["crowding"] == 0.0 if high == 0.0 else low < r["crowding"] <= high)]
+    for name in CROWDING:
+        part = [r for r in records if crowding_class(r["crowding"]) == name]
         rows.append((name, len(part), sum(not r["found"] for r in part)))
     totals = Counter(denver_group(int(r["class"])) for r in records)
     missed = Counter(denver_group(int(r["class"])) for r in records if not r["found"])
