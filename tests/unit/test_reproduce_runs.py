@@ -14,7 +14,7 @@ from cytobench.cli import main as cli_main
 from cytobench.errors import BadInputError
 from cytobench.reproduce.base import load_paper
 from cytobench.reproduce.deepace_tables import build_table
-from cytobench.reproduce.runs import collect_runs
+from cytobench.reproduce.runs import collect_runs, runs_with_checkpoint
 
 FULL = {"hnas": True, "tnrl": True, "template": True, "hnas_criterion": "v2"}
 
@@ -93,7 +93,10 @@ def test_unfinished_runs_are_left_out_and_rows_follow_the_paper(tmp_path: Path, 
 
     runs = collect_runs([tmp_path])
     assert sorted(r.path.name for r in runs) == ["base", "eg0", "eg1", "v1"]
-    assert "left out 1 unfinished run(s)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "left out 1 unfinished run(s)" in err and "--checkpoint" not in err  # tables from metrics alone
+    assert runs_with_checkpoint([tmp_path]) == []  # no run has a checkpoint; the unfinished one gets a hint
+    assert "training; to score one as it is: --checkpoint RUN/checkpoints/best.pt" in capsys.readouterr().err
     paper = load_paper("deepace_tables")
     table, result = build_table("table6", runs, paper)
     assert list(result["groups"]) == ["Single1", "Single1+HNAS+TNRL+TM[EG]"]  # paper order, not path order

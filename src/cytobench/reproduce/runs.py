@@ -47,11 +47,12 @@ def is_finished(summary: dict[str, Any], config: dict[str, Any]) -> bool:
     return max_epochs is None or int(summary.get("epoch", 0)) >= int(max_epochs)
 
 
-def collect_runs(roots: Iterable[str | Path]) -> list[Run]:
+def collect_runs(roots: Iterable[str | Path], unfinished_hint: str = "") -> list[Run]:
     """Every finished run below ``roots`` (single runs or ``-m`` sweep folders), sorted by path.
 
     Runs still training (or killed before their last epoch) and runs that failed (``status: failed``,
-    e.g. a diverged sweep job) are left out, and said so on stderr.
+    e.g. a diverged sweep job) are left out, and said so on stderr (``unfinished_hint`` ends the line
+    about unfinished runs: what else the caller could do with them).
     """
     runs, unfinished, failed = [], [], []
     for root in map(Path, roots):
@@ -83,7 +84,7 @@ def collect_runs(roots: Iterable[str | Path]) -> list[Run]:
     if unfinished:
         print(
             f"left out {len(unfinished)} unfinished run(s) (still training or stopped before their last "
-            f"epoch), e.g. {unfinished[0]}",
+            f"epoch), e.g. {unfinished[0]}{unfinished_hint}",
             file=sys.stderr,
         )
     if failed:
@@ -107,7 +108,8 @@ def runs_with_checkpoint(roots: Iterable[str | Path], name: str = "best.pt") -> 
     """``(checkpoints/<name>, run)`` of every finished run below ``roots`` that has one; the others are
     named on stderr (a run killed before its first checkpoint, or a sweep job still running)."""
     out, missing = [], []
-    for run in collect_runs(roots):
+    hint = f"; to score one as it is: --checkpoint RUN/checkpoints/{name}"
+    for run in collect_runs(roots, unfinished_hint=hint):
         checkpoint = run.path / "checkpoints" / name
         if checkpoint.is_file():
             out.append((checkpoint, run))
