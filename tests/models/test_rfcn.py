@@ -144,6 +144,44 @@ def test_conv5_keeps_stride_16_for_basic_and_bottleneck_blocks() -> None:
     assert conv5 is conv4
 
 
+def test_output_stride_8_dilates_conv4_and_conv5_as_torchvision_does() -> None:
+    torch.manual_seed(0)
+    model = build_rfcn(3, backbone="resnet50", mid_channels=0, output_stride=8)
+    trunk = model.backbone.eval()
+    with torch.no_grad():
+        conv4, conv5 = trunk(torch.rand(1, 3, 64, 96))
+    assert conv4.shape[-2:] == conv5.shape[-2:] == (8, 12)
+    assert model.roi_heads.spatial_scale == 1 / 8
+    # the same strides and dilations, conv by conv, as torchvision's dilated ResNet-50 (DeepLab's)
+    reference = torchvision.models.resnet50(weights=None, replace_stride_with_dilation=[False, True, True])
+    for stage in ("layer3", "layer4"):
+        ours = [
+            (m.stride, m.dilation, m.padding)
+            for m in getattr(trunk, stage).modules()
+            if isinstance(m, torch.nn.Conv2d)
+        ]
+        theirs = [
+            (m.stride, m.dilation, m.padding)
+            for m in getattr(reference, stage).modules()
+            if isinstance(m, torch.nn.Conv2d)
+        ]
+        assert ours == theirs, stage
+    with pytest.raises(ValueError, match="output_stride"):
+        build_rfcn(3, backbone="resnet18", output_stride=4)
+
+
+def test_output_stride_8_trains_on_basic_blocks() -> None:
+    model = build(output_stride=8)
+    assert model.backbone.layer3[1].conv1.dilation == (2, 2)
+    assert model.backbone.layer4[0].conv1.dilation == (2, 2) and model.backbone.layer4[1].conv2.dilation == (
+        4,
+        4,
+    )
+    out = losses(model)
+    assert set(out) == LOSS_KEYS and all(torch.isfinite(v) for v in out.values())
+    sum(out.values()).backward()
+
+
 def test_weights_load_from_local_files(tmp_path: Path) -> None:
     donor = build(seed=5)
     path = tmp_path / "rfcn.pth"

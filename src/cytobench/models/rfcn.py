@@ -21,7 +21,8 @@ Simplified or changed:
 - position-sensitive RoI *align* (bilinear samples per bin, torchvision's ``ps_roi_align``) by default;
   ``pooling="pool"`` gives the paper's position-sensitive RoI pooling (``ps_roi_pool``);
 - ResNet-18/34/50/101 (the paper: ResNet-101); ``use_layer4=False`` lets the head read conv4 directly
-  (lighter, no conv5); per-class NMS IoU 0.5 by default (the paper: 0.3) as cytobench's Faster R-CNN;
+  (lighter, no conv5); ``output_stride=8`` (not in the paper) dilates conv4 too, for objects about
+  one stride-16 cell wide; per-class NMS IoU 0.5 by default (the paper: 0.3) as cytobench's Faster R-CNN;
 - the loss normalisation follows torchvision's Faster R-CNN (smooth L1 with beta 1/9 summed over
   positives, divided by the number of sampled RoIs), so losses of the two detectors compare.
 
@@ -56,44 +57,55 @@ __all__ = ["RFCN", "PSRoIHead", "ResNetTrunk", "build_rfcn", "rfcn_loss"]
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-STRIDE = 16  # of both conv4 and the dilated conv5
+OUTPUT_STRIDES = (16, 8)  # of both conv4 and the dilated conv5
 
 
-def _dilate_stage(stage: nn.Sequential) -> None:
-    """Keep a ResNet stage at its input's stride: its strided convolutions lose the stride and the 3x3
-    convolutions of its later blocks get dilation 2 (what torchvision's ``replace_stride_with_dilation``
-    does, also for BasicBlock stages, which torchvision does not dilate)."""
+def _dilate_stage(stage: nn.Sequential, first: int, later: int) -> None:
+    """Keep a ResNet stage at its input's stride: its strided convolutions lose the stride and its 3x3
+    convolutions get dilation ``first`` (first block) and ``later`` (the others), as torchvision's
+    ``replace_stride_with_dilation`` does, also for BasicBlock stages, which torchvision does not dilate."""
     for index, block in enumerate(stage):
         for layer in block.modules():
             if not isinstance(layer, nn.Conv2d):
                 continue
-            if layer.stride != (1, 1):
-                layer.stride = (1, 1)
-            elif index > 0 and layer.kernel_size == (3, 3):
-                layer.dilation = (2, 2)
-                layer.padding = (2, 2)
+            layer.stride = (1, 1)
+            if layer.kernel_size == (3, 3):
+                dilation = first if index == 0 else later
+                layer.dilation = (dilation, dilation)
+                layer.padding = (dilation, dilation)
 
 
 class ResNetTrunk(nn.Module):
-    """A ResNet without its classifier: ``forward(x) -> (conv4, conv5)``, both at stride 16.
+    """A ResNet without its classifier: ``forward(x) -> (conv4, conv5)``, both at ``output_stride``.
 
     Parameter names are those of torchvision's ResNet (``conv1``, ``layer1`` ...), so an ImageNet state
-    dict loads as it is. Without ``layer4`` (``use_layer4=False``), conv5 is conv4.
+    dict loads as it is. Without ``layer4`` (``use_layer4=False``), conv5 is conv4. Stride 16 (the
+    paper's) dilates conv5 only; stride 8 also dilates conv4 (``layer3``), for objects one or two
+    stride-16 cells wide (chromosomes: 10-16 px), at about twice the trunk's cost.
     """
 
     def __init__(
-        self, name: str, use_layer4: bool = True, norm_layer: type[nn.Module] = nn.BatchNorm2d
+        self,
+        name: str,
+        use_layer4: bool = True,
+        norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        output_stride: int = 16,
     ) -> None:
         super().__init__()
         if name not in RESNETS:
             raise ValueError(f"unknown R-FCN backbone {name!r}; use one of {RESNETS}")
+        if output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"R-FCN output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
+        self.stride = output_stride
         net = getattr(torchvision.models, name)(weights=None, norm_layer=norm_layer)
+        if output_stride == 8:
+            _dilate_stage(net.layer3, 1, 2)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3 = net.layer1, net.layer2, net.layer3
         self.conv4_channels = self.conv5_channels = self.layer3[-1].conv1.in_channels
         self.layer4: nn.Module | None = None
         if use_layer4:
-            _dilate_stage(net.layer4)
+            _dilate_stage(net.layer4, *((2, 4) if output_stride == 8 else (1, 2)))
             self.layer4 = net.layer4
             self.conv5_channels = net.fc.in_features
 
@@ -146,6 +158,7 @@ class PSRoIHead(nn.Module):
         k: the k x k grid of position-sensitive bins (paper: 7).
         mid_channels: the 1x1 reduction before the score maps (paper: 1024); 0 for none.
         pooling: ``"align"`` (``ps_roi_align``) or ``"pool"`` (``ps_roi_pool``, the paper's).
+        stride: of the feature map in input pixels (the trunk's ``output_stride``).
         sampling_ratio: bilinear samples per bin side for ``"align"`` (<= 0: adaptive).
         fg_iou_thresh / bg_iou_thresh: RoIs at least / below this IoU with a ground-truth box are
             positive / background (paper: 0.5 both).
@@ -162,6 +175,7 @@ class PSRoIHead(nn.Module):
         k: int = 7,
         mid_channels: int = 1024,
         pooling: str = "align",
+        stride: int = 16,
         sampling_ratio: int = 2,
         fg_iou_thresh: float = 0.5,
         bg_iou_thresh: float = 0.5,
@@ -178,6 +192,7 @@ class PSRoIHead(nn.Module):
         if num_classes < 2:
             raise ValueError(f"num_classes counts the background and must be at least 2, got {num_classes}")
         self.num_classes, self.k, self.pooling, self.sampling_ratio = num_classes, k, pooling, sampling_ratio
+        self.spatial_scale = 1.0 / stride
         if mid_channels:
             self.reduce: nn.Module = nn.Sequential(
                 nn.Conv2d(in_channels, mid_channels, 1), nn.ReLU(inplace=True)
@@ -219,8 +234,8 @@ class PSRoIHead(nn.Module):
     def pool(self, maps: torch.Tensor, rois: list[torch.Tensor]) -> torch.Tensor:
         """Position-sensitive pooling: (R, maps.shape[1] / k^2, k, k), RoIs in input pixels."""
         if self.pooling == "pool":
-            return ps_roi_pool(maps, rois, self.k, 1.0 / STRIDE)
-        return ps_roi_align(maps, rois, self.k, 1.0 / STRIDE, self.sampling_ratio)
+            return ps_roi_pool(maps, rois, self.k, self.spatial_scale)
+        return ps_roi_align(maps, rois, self.k, self.spatial_scale, self.sampling_ratio)
 
     def vote(
         self, cls_maps: torch.Tensor, box_maps: torch.Tensor, rois: list[torch.Tensor]
@@ -296,7 +311,7 @@ class PSRoIHead(nn.Module):
         image_shapes: list[tuple[int, int]],
         targets: list[dict[str, torch.Tensor]] | None = None,
     ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
-        """Detections (eval) or losses (training) of the proposals on ``features`` (stride 16)."""
+        """Detections (eval) or losses (training) of the proposals on ``features`` (at ``stride``)."""
         if self.training:
             if targets is None:
                 raise ValueError("R-FCN needs targets in training mode")
@@ -352,6 +367,7 @@ def build_rfcn(
     *,
     backbone: str = "resnet50",
     use_layer4: bool = True,
+    output_stride: int = 16,
     trainable_backbone_layers: int = 5,
     min_size: int = 800,
     max_size: int = 1333,
@@ -387,6 +403,7 @@ def build_rfcn(
         num_classes: object classes including background (dataset categories + 1).
         backbone: resnet18 / resnet34 / resnet50 / resnet101.
         use_layer4: the head reads a dilated conv5 (``layer4``, the paper's); False: conv4 (lighter).
+        output_stride: 16 (the paper's) or 8 (conv4 dilated too: finer maps for thin objects, ~2x cost).
         trainable_backbone_layers: 0-5 ResNet stages to train (5 when training from scratch).
         min_size / max_size: the model's internal resize of each image (torchvision semantics).
         image_mean / image_std: normalisation; ImageNet statistics by default.
@@ -400,7 +417,8 @@ def build_rfcn(
         backbone_weights_path: local ResNet (ImageNet) state dict for the trunk.
     """
     pretrained = bool(backbone_weights_path or weights_path)
-    trunk = ResNetTrunk(backbone, use_layer4, FrozenBatchNorm2d if pretrained else nn.BatchNorm2d)
+    norm_layer = FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
+    trunk = ResNetTrunk(backbone, use_layer4, norm_layer, output_stride)
     if backbone_weights_path:
         load_model_weights(trunk, backbone_weights_path)
     trunk.freeze(trainable_backbone_layers)
@@ -422,6 +440,7 @@ def build_rfcn(
         k=k,
         mid_channels=mid_channels,
         pooling=pooling,
+        stride=output_stride,
         fg_iou_thresh=box_fg_iou_thresh,
         bg_iou_thresh=box_bg_iou_thresh,
         batch_size_per_image=box_batch_size_per_image,
