@@ -22,6 +22,7 @@ __all__ = [
     "add_held_out_arguments",
     "held_out_images",
     "DATA_KINDS",
+    "KIND_TITLES",
     "MODEL_ROWS",
     "KaryotypeModel",
     "data_kind",
@@ -38,6 +39,7 @@ DATA_KINDS = {
     "karyogram": "cytobench.simulate.karyogram.simulate_karyogram",
     "spread": "cytobench.simulate.metaphase.simulate_metaphase",
 }
+KIND_TITLES = {"karyogram": "karyograms", "spread": "metaphase spreads"}
 #: model builder (``model._target_``) -> our row
 MODEL_ROWS = {
     "cytobench.models.yolo.build_yolo": "YOLOv8",

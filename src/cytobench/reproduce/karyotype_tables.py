@@ -42,27 +42,25 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from cytobench.errors import BadInputError
 from cytobench.evaluation.stats import mean_std
 from cytobench.reporting.tables import format_table
 from cytobench.reproduce.base import (
-    TestSet,
     check_scale,
     held_out_test_set,
     load_paper,
     simulator_settings,
     write_report,
 )
+from cytobench.reproduce.karyotype_figures import confusion_figures, prediction_figures
 from cytobench.reproduce.karyotype_models import (
     DATA_KINDS,
+    KIND_TITLES,
     MODEL_ROWS,
     KaryotypeModel,
     data_kind,
@@ -70,7 +68,6 @@ from cytobench.reproduce.karyotype_models import (
     models_from_checkpoints,
     models_from_runs,
     score_model,
-    truth_class_map,
 )
 
 __all__ = [
@@ -91,7 +88,6 @@ __all__ = [
 ]
 
 TEST_IMAGES = {"smoke": 4, "cpu": 50, "paper": 200}  # held-out cells per data kind
-KIND_TITLES = {"karyogram": "karyograms", "spread": "metaphase spreads"}
 #: a YOLO karyotyper scored a second time with its cell post-processing on (``YoloModel``'s ``pair_prior``)
 YOLO_PRIOR_ROW = "YOLOv8 + pair prior"
 ROW_ORDER = ("YOLOv8", YOLO_PRIOR_ROW, *list(MODEL_ROWS.values())[1:])
@@ -325,10 +321,6 @@ def _check_outputs(out_dir: Path, command: str, overwrite: bool) -> None:
     refuse_existing(existing, overwrite)
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
-
-
 def reproduce(
     command: str,
     models: Sequence[KaryotypeModel],
@@ -437,7 +429,7 @@ def reproduce(
     if command == "table5_1":
         table, result = build_table5_1(load_paper("karyotype")["table5_1"], scores)
         if figures:
-            files += _prediction_figures(out_dir, details, test_sets, score_thr)
+            files += prediction_figures(out_dir, details, test_sets, score_thr)
         stem = "table5_1"
     else:
         table, result = build_accuracy_table(scores)
@@ -449,7 +441,7 @@ def reproduce(
             kind: {row: ds[0]["confusion"] for row, ds in rows.items()} for kind, rows in details.items()
         }
         if figures:
-            files += _confusion_figures(out_dir, details)
+            files += confusion_figures(out_dir, details)
         stem = "karyotype_accuracy"
     result.update(common)
     result["figures"] = files
@@ -457,56 +449,6 @@ def reproduce(
     write_report(out_dir, stem, table, result)
     result["written"] = [f"{stem}.md", f"{stem}.json", *files]
     return result
-
-
-def _prediction_figures(
-    out_dir: Path, details: Mapping[str, Any], test_sets: Mapping[str, Any], score_thr: float
-) -> list[str]:
-    """``fig5_1_4_<kind>.png``: the first test image, the truth and each row's first model (Figs. 5.1-5.4)."""
-    from cytobench.io.images import read_image
-    from cytobench.reporting.karyotype_plots import plot_class_detections
-    from cytobench.reproduce.base import load_test_data
-
-    written = []
-    for kind, rows in details.items():
-        targets, paths = load_test_data(
-            test_sets[kind]["ann_file"], Path(test_sets[kind]["ann_file"]).parent / "images"
-        )
-        truth_map = truth_class_map(TestSet(Path(test_sets[kind]["ann_file"]), paths[0].parent, 0))
-        truth = targets[0]
-        panels = {
-            "truth": {
-                "boxes": np.asarray(truth["boxes"]),
-                "labels": np.array([truth_map[int(v)] for v in truth["labels"]], np.int64),
-            }
-        }
-        for row, ds in rows.items():  # panel titles: the row names alone (the table holds the notes)
-            panels[row] = {k: np.asarray(v) for k, v in ds[0]["predictions"][0].items()}
-        name = f"fig5_1_4_{kind}.png"
-        plot_class_detections(
-            read_image(paths[0]).array,
-            panels,
-            out_dir / name,
-            score_thr=score_thr,
-            title=f"{KIND_TITLES[kind]}, test image {paths[0].name}: boxes scored >= {score_thr:g} (class, confidence)",
-        )
-        written.append(name)
-    return written
-
-
-def _confusion_figures(out_dir: Path, details: Mapping[str, Any]) -> list[str]:
-    """``confusion_<kind>_<row>.png``: each row's first repeat."""
-    from cytobench.reporting.karyotype_plots import plot_confusion_matrix
-
-    written = []
-    for kind, rows in details.items():
-        for row, ds in rows.items():
-            name = f"confusion_{kind}_{_slug(row)}.png"
-            plot_confusion_matrix(
-                np.asarray(ds[0]["confusion"]), out_dir / name, title=f"{row}, {KIND_TITLES[kind]}"
-            )
-            written.append(name)
-    return written
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
