@@ -8,6 +8,7 @@ the command as a user does.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -24,6 +25,7 @@ from cytobench.io.coco import load_coco
 from cytobench.io.coco_convert import coco_to_targets
 from cytobench.reproduce import REPRODUCTIONS, load_reproduction
 from cytobench.reproduce.base import held_out_test_set, load_paper
+from cytobench.reproduce.karyotype_models import check_one_variant_per_row, model_variant
 from cytobench.reproduce.karyotype_tables import (
     KaryotypeModel,
     build_accuracy_table,
@@ -172,6 +174,29 @@ def test_rows_and_data_kinds_from_configs() -> None:
         data_kind(spread)
     spread["prepare"]["label_mode"] = "karyotype"
     assert data_kind(spread) == "spread"
+
+
+def test_models_of_one_row_but_different_variants_are_refused_not_averaged(tmp_path: Path) -> None:
+    rfcn = {"_target_": "cytobench.models.rfcn.build_rfcn", "backbone": "resnet18"}
+    assert model_variant(rfcn) == "resnet18"
+    assert model_variant({**rfcn, "output_stride": 8}) == "resnet18, output stride 8"
+
+    def model(source: str, **config) -> KaryotypeModel:
+        config = {**rfcn, **config}
+        return KaryotypeModel(Path(source), "R-FCN", "karyogram", model_variant(config), DATA_CONFIG, source)
+
+    repeats = [model("runs/rfcn_s0"), model("runs/rfcn_s1")]
+    check_one_variant_per_row(repeats)  # seeds of one model: repeats
+    spreads8 = dataclasses.replace(model("runs/rfcn8_spreads", output_stride=8), kind="spread")
+    check_one_variant_per_row([*repeats, spreads8])  # another data kind: another row of the table
+    mixed = [*repeats, model("runs/rfcn8", output_stride=8)]
+    with pytest.raises(
+        BadInputError,
+        match=r"R-FCN models .* karyogram .*resnet18 \(runs/rfcn_s0\); "
+        r"resnet18, output stride 8 \(runs/rfcn8\)",
+    ):
+        reproduce("table5_1", mixed, tmp_path, n_test=N_TEST, progress=lambda _: None)
+    assert not any(tmp_path.iterdir())  # refused before anything was simulated or written
 
 
 def test_table5_1_scores_each_row_beside_the_thesis(stand_ins: dict, tmp_path: Path) -> None:

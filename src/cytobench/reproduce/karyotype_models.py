@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "add_held_out_arguments",
+    "check_one_variant_per_row",
     "held_out_images",
     "DATA_KINDS",
     "KIND_TITLES",
@@ -97,7 +98,30 @@ def model_variant(model_config: Mapping[str, Any]) -> str:
         if str(detector.get("_target_", "")).endswith("build_yolo_detector"):
             return "YOLO detector (trained before) + crop classifier"
         return f"{detector.get('backbone', '?')} detector + crop classifier"
-    return str(model_config.get("backbone", "?"))
+    backbone = str(model_config.get("backbone", "?"))
+    stride = int(model_config.get("output_stride", 16))
+    return backbone if stride == 16 else f"{backbone}, output stride {stride}"
+
+
+def check_one_variant_per_row(models: Sequence[KaryotypeModel]) -> None:
+    """Refuse models of one row and data kind that differ in :func:`model_variant`: a row averages repeats of
+    one model (seeds), so R-FCN at stride 16 and at stride 8, or two different two-stage detectors, would be
+    averaged into one number without a word.
+
+    Raises:
+        BadInputError: naming the row, its variants and a source of each.
+    """
+    groups: dict[tuple[str, str], dict[str, str]] = {}
+    for model in models:
+        groups.setdefault((model.kind, model.row), {}).setdefault(model.variant, model.source)
+    for (kind, row), variants in groups.items():
+        if len(variants) > 1:
+            listed = "; ".join(f"{variant} ({source})" for variant, source in variants.items())
+            raise BadInputError(
+                "--runs / --checkpoint",
+                f"{row} models of different kinds on {kind} data ({listed}): a row averages repeats of one "
+                "model; score each in its own command (its own --out)",
+            )
 
 
 def data_kind(data_config: Mapping[str, Any], source: str | Path = "checkpoint") -> str:

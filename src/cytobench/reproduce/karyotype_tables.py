@@ -9,7 +9,9 @@
 any mix of the five karyotype models (YOLOv8, Faster R-CNN, SSD, R-FCN, the two-stage karyotyper) trained on
 either data kind (``data=karyogram``: karyogram-layout images, the thesis' kind; ``data=karyotype_spreads``:
 metaphase spreads). A model's row comes from its ``model._target_``, its data kind from the simulator its data
-config names; several checkpoints of one row and kind are repeats (cells ``mean +- std``, ``(ours, n=K)``).
+config names; several checkpoints of one row and kind are repeats (cells ``mean +- std``, ``(ours, n=K)``),
+so they must be one model (seeds): checkpoints of one row and kind that differ in backbone, architecture,
+R-FCN stride or two-stage detector are refused (score each in its own command).
 
 Every model of a data kind is scored on the same held-out test set: simulated once (cached under
 ``<out>/test_data`` or ``--data-dir``) with the first such model's simulator settings (size, aneuploid mix)
@@ -63,6 +65,7 @@ from cytobench.reproduce.karyotype_models import (
     KIND_TITLES,
     MODEL_ROWS,
     KaryotypeModel,
+    check_one_variant_per_row,
     data_kind,
     model_row,
     models_from_checkpoints,
@@ -362,6 +365,7 @@ def reproduce(
         raise BadInputError("table", f"unknown karyotype table {command!r}; known: {sorted(OUTPUTS)}")
     if not models:
         raise BadInputError("--runs / --checkpoint", "no models to score")
+    check_one_variant_per_row(models)
     if not 0.0 <= float(score_thr) <= 1.0:
         raise BadInputError("--score-thr", f"must be in [0, 1], got {score_thr}")
     out_dir = Path(out_dir)
