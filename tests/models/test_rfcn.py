@@ -125,7 +125,13 @@ def test_eval_predictions_follow_the_contract() -> None:
         preds = model([images[0], images[1][:, :100, :120]])
     assert len(preds) == 2
     for pred, (h, w) in zip(preds, [(128, 128), (100, 120)]):
-        assert set(pred) == {"boxes", "scores", "labels"}
+        assert set(pred) == {"boxes", "scores", "labels", "class_scores"}
+        # each detection's RoI softmax (background left out), its own score in its label's column
+        assert pred["class_scores"].shape == (len(pred["boxes"]), NUM_CLASSES - 1)
+        assert torch.equal(
+            pred["class_scores"].gather(1, (pred["labels"] - 1)[:, None])[:, 0], pred["scores"]
+        )
+        assert bool((pred["class_scores"].sum(dim=1) <= 1 + 1e-6).all())
         assert len(pred["boxes"]) > 0 and pred["boxes"].shape[-1] == 4
         assert len(pred["boxes"]) <= 100 and len(pred["scores"]) == len(pred["labels"]) == len(pred["boxes"])
         assert int(pred["labels"].min()) >= 1 and int(pred["labels"].max()) <= NUM_CLASSES - 1

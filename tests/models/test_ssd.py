@@ -78,11 +78,35 @@ def test_eval_predictions_follow_the_contract() -> None:
         preds = model([images[0], images[1][:, :100, :120]])  # any input size: resized to 128 and back
     assert len(preds) == 2
     for pred, (h, w) in zip(preds, [(128, 128), (100, 120)]):
-        assert set(pred) == {"boxes", "scores", "labels"}
+        assert set(pred) == {"boxes", "scores", "labels", "class_scores"}
+        assert pred["class_scores"].shape == (len(pred["boxes"]), NUM_CLASSES - 1)
         assert 0 < len(pred["boxes"]) <= 50 and pred["boxes"].shape[-1] == 4
         assert len(pred["scores"]) == len(pred["labels"]) == len(pred["boxes"])
         assert int(pred["labels"].min()) >= 1 and int(pred["labels"].max()) <= NUM_CLASSES - 1
         assert float(pred["boxes"][:, 2].max()) <= w and float(pred["boxes"][:, 3].max()) <= h
+
+
+def test_postprocessing_is_torchvisions_plus_each_detections_class_scores() -> None:
+    model = build(detections_per_img=60, score_thresh=0.03).eval()
+    g = torch.Generator().manual_seed(3)
+    anchors = [torch.rand(500, 2, generator=g).repeat(1, 2) * 100 + torch.tensor([0, 0, 8, 20])] * 2
+    head = {  # logits spread enough that several classes pass the threshold for many boxes
+        "bbox_regression": torch.randn(2, 500, 4, generator=g) * 0.1,
+        "cls_logits": torch.randn(2, 500, NUM_CLASSES, generator=g) * 3,
+    }
+    ours = model.postprocess_detections(head, anchors, [(128, 128), (100, 120)])
+    stock = torchvision.models.detection.ssd.SSD.postprocess_detections(
+        model, head, anchors, [(128, 128), (100, 120)]
+    )
+    for mine, theirs, logits in zip(ours, stock, head["cls_logits"]):
+        assert len(mine["boxes"]) == 60
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(mine[key], theirs[key]), key
+        # each detection's row is its default box's softmax without the background, its own score included
+        rows = torch.softmax(logits, dim=-1)[:, 1:]
+        picked = mine["class_scores"].gather(1, (mine["labels"] - 1)[:, None])[:, 0]
+        assert torch.equal(picked, mine["scores"])
+        assert all(any(torch.equal(row, r) for r in rows) for row in mine["class_scores"][:5])
 
 
 def test_size_and_variant_settings() -> None:

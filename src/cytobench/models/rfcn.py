@@ -282,7 +282,9 @@ class PSRoIHead(nn.Module):
         image_shapes: list[tuple[int, int]],
     ) -> list[dict[str, torch.Tensor]]:
         """Per image: each RoI's one (class-agnostic) box is a candidate for every foreground class with
-        that class's softmax score; low scores and tiny boxes dropped, per-class NMS, best ones kept."""
+        that class's softmax score; low scores and tiny boxes dropped, per-class NMS, best ones kept. Each
+        detection carries its RoI's softmax without the background (``class_scores``, (N, C), what the
+        karyotype pair prior reads)."""
         boxes = self.box_coder.decode_single(box_deltas, torch.cat(rois))
         scores = F.softmax(class_logits, dim=-1)
         counts = [len(r) for r in rois]
@@ -293,14 +295,20 @@ class PSRoIHead(nn.Module):
             cand_boxes = image_boxes[:, None, :].expand(-1, foreground, 4).reshape(-1, 4)
             cand_scores = image_scores[:, 1:].reshape(-1)
             cand_labels = torch.arange(1, self.num_classes, device=boxes.device).repeat(len(image_boxes))
+            cand_rois = torch.arange(len(image_boxes), device=boxes.device).repeat_interleave(foreground)
             keep = torch.where(cand_scores > self.score_thresh)[0]
-            cand_boxes, cand_scores, cand_labels = cand_boxes[keep], cand_scores[keep], cand_labels[keep]
-            keep = box_ops.remove_small_boxes(cand_boxes, min_size=1e-2)
-            cand_boxes, cand_scores, cand_labels = cand_boxes[keep], cand_scores[keep], cand_labels[keep]
-            keep = box_ops.batched_nms(cand_boxes, cand_scores, cand_labels, self.nms_thresh)
+            keep = keep[box_ops.remove_small_boxes(cand_boxes[keep], min_size=1e-2)]
+            keep = keep[
+                box_ops.batched_nms(cand_boxes[keep], cand_scores[keep], cand_labels[keep], self.nms_thresh)
+            ]
             keep = keep[: self.detections_per_img]
             detections.append(
-                {"boxes": cand_boxes[keep], "scores": cand_scores[keep], "labels": cand_labels[keep]}
+                {
+                    "boxes": cand_boxes[keep],
+                    "scores": cand_scores[keep],
+                    "labels": cand_labels[keep],
+                    "class_scores": image_scores[cand_rois[keep], 1:],
+                }
             )
         return detections
 

@@ -27,14 +27,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import mobilenet_v3_large
 from torchvision.models import vgg as tv_vgg
+from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection._utils import retrieve_out_channels
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD as _TorchvisionSSD
 from torchvision.models.detection.ssd import SSDFeatureExtractorVGG, SSDHead
 from torchvision.models.detection.ssdlite import SSDLiteFeatureExtractorMobileNet, SSDLiteHead
+from torchvision.ops import boxes as box_ops
 
 from cytobench.io.checkpoint import load_model_weights
 from cytobench.models.rcnn_parts import AcceptsGrayImages
@@ -67,13 +70,52 @@ _VGG_STEPS_300 = [8, 16, 32, 64, 100, 300]  # SSD300's default-box tiling, valid
 
 
 class SSD(AcceptsGrayImages, _TorchvisionSSD):
-    """torchvision's SSD that accepts 1-channel images and names its losses ``loss_*``."""
+    """torchvision's SSD that accepts 1-channel images, names its losses ``loss_*`` and gives each detection
+    its default box's softmax scores (``class_scores``, (N, num_classes - 1), background left out; what
+    the karyotype pair prior reads, :mod:`cytobench.models.karyotype_cell`)."""
 
     def forward(self, images: list[torch.Tensor], targets: list[dict[str, Any]] | None = None):
         out = super().forward(images, targets)
         if self.training:
             return {"loss_classifier": out["classification"], "loss_box_reg": out["bbox_regression"]}
         return out
+
+    def postprocess_detections(
+        self,
+        head_outputs: dict[str, torch.Tensor],
+        image_anchors: list[torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+    ) -> list[dict[str, torch.Tensor]]:
+        """torchvision's post-processing (per class: score threshold, top-k, then NMS per class), with the
+        default box of each detection tracked for its ``class_scores``."""
+        all_scores = F.softmax(head_outputs["cls_logits"], dim=-1)
+        num_classes = all_scores.size(-1)
+        detections = []
+        for deltas, scores, anchors, shape in zip(
+            head_outputs["bbox_regression"], all_scores, image_anchors, image_shapes
+        ):
+            boxes = box_ops.clip_boxes_to_image(self.box_coder.decode_single(deltas, anchors), shape)
+            sources, labels, kept_scores = [], [], []
+            for label in range(1, num_classes):
+                candidates = torch.where(scores[:, label] > self.score_thresh)[0]
+                top, order = scores[candidates, label].topk(
+                    det_utils._topk_min(scores[candidates, label], self.topk_candidates, 0)
+                )
+                sources.append(candidates[order])
+                kept_scores.append(top)
+                labels.append(torch.full_like(top, label, dtype=torch.int64))
+            source, image_scores, image_labels = torch.cat(sources), torch.cat(kept_scores), torch.cat(labels)
+            keep = box_ops.batched_nms(boxes[source], image_scores, image_labels, self.nms_thresh)
+            keep = keep[: self.detections_per_img]
+            detections.append(
+                {
+                    "boxes": boxes[source[keep]],
+                    "scores": image_scores[keep],
+                    "labels": image_labels[keep],
+                    "class_scores": scores[source[keep], 1:],
+                }
+            )
+        return detections
 
 
 def _freeze_leading_stages(features: nn.Sequential, stage_starts: list[int], trainable: int | None) -> None:

@@ -188,47 +188,20 @@ class YoloModel(torch.nn.Module):
         ``model(images)`` runs it when ``pair_prior`` is on; a caller that tiles a large image turns that off
         and runs it once on the merged detections, so that the whole image is the cell.
         """
-        import torchvision
+        from cytobench.models.karyotype_cell import pair_prior_cell
 
-        from cytobench.models.karyotype_classifier import cell_labels
-
-        columns = torch.as_tensor(self._chromosome_columns(), device=pred["boxes"].device)
         if "class_scores" not in pred:
             raise BadInputError(
                 "model.eval.pair_prior", "this YOLO gives no per-class scores (an end-to-end head, no NMS)"
             )
-        if len(pred["boxes"]) == 0:  # nothing found: nothing to merge or label
-            return dict(pred)
-        class_scores = pred["class_scores"][:, columns].double()  # class order 1-22, X, Y
-        existence = class_scores.sum(dim=1).clamp(max=1.0)
-        boxes = pred["boxes"].double()
-        keep = torchvision.ops.nms(boxes, existence, self.cell_nms_iou)
-        # every box joins the kept box it overlaps most (a suppressed one overlaps one by more than the IoU)
-        owner = torchvision.ops.box_iou(boxes, boxes[keep]).argmax(dim=1)
-        owner[keep] = torch.arange(len(keep), device=owner.device)
-        # a chromosome seen by several boxes: P(there) = 1 - prod(1 - e_j); class evidence summed
-        log_absent = torch.log1p(-existence.clamp(max=1 - 1e-12))
-        merged_existence = -boxes.new_zeros(len(keep)).index_add_(0, owner, log_absent).expm1()
-        merged_scores = boxes.new_zeros(len(keep), class_scores.shape[1])
-        merged_scores.index_add_(0, owner, class_scores)
-        classes = cell_labels(merged_scores.clamp(min=1e-12).log(), merged_existence >= self.cell_score_thr)
-        out = {k: v[keep] for k, v in pred.items()}
-        out["labels"] = (columns[classes - 1] + 1).to(torch.int64)
-        out["scores"] = merged_existence.to(pred["scores"].dtype)
-        out["class_scores"][:, columns] = merged_scores.to(out["class_scores"].dtype)
-        return out
+        columns = torch.as_tensor(self._chromosome_columns(), device=pred["boxes"].device)
+        return pair_prior_cell(pred, columns, self.cell_nms_iou, self.cell_score_thr)
 
     def _chromosome_columns(self) -> list[int]:
         """The YOLO class (column) of each chromosome class 1-22, X, Y, found by category name."""
-        from cytobench.simulate.chromosomes import CLASS_NAMES
+        from cytobench.models.karyotype_cell import chromosome_columns
 
-        names = [str(c.get("name")) for c in self.categories]
-        if sorted(names) != sorted(CLASS_NAMES):
-            raise BadInputError(
-                "model.eval.pair_prior",
-                f"the pair prior needs the 24 chromosome classes 1..22, X, Y; the model has {len(names)} classes",
-            )
-        return [names.index(name) for name in CLASS_NAMES]
+        return chromosome_columns([str(c.get("name")) for c in self.categories])
 
 
 def build_yolo(
