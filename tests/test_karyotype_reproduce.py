@@ -85,11 +85,36 @@ class TruthDetector(torch.nn.Module):
         return out
 
 
+class ScoredTruthDetector(TruthDetector):
+    """``swap21`` with per-class scores, as SSD and R-FCN give them: a true 21 is 22 at 0.5 and 21 at 0.45,
+    every other chromosome its class at 0.95 (so the pair prior can move the 21s back)."""
+
+    gives_class_scores = True
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        first = self.calls
+        out = super().forward(images)
+        for k, pred in enumerate(out):
+            truth = torch.as_tensor(self.truth[(first + k) % len(self.truth)]["labels"], dtype=torch.int64)
+            class_scores = torch.zeros(len(truth), 24)
+            class_scores[torch.arange(len(truth)), truth - 1] = 0.95
+            is21 = truth == 21
+            class_scores[is21, 20], class_scores[is21, 21] = 0.45, 0.5
+            pred["class_scores"] = class_scores
+            pred["scores"] = class_scores.max(dim=1).values
+        return out
+
+
 def truth_checkpoint(path: Path, ann_file: Path, mode: str) -> Path:
     """A checkpoint as the trainer writes it (model config, data config, the 24 categories)."""
-    config = {"_target_": f"{__name__}.TruthDetector", "ann_file": str(ann_file), "mode": mode}
+    detector = "ScoredTruthDetector" if mode == "swap21_scores" else "TruthDetector"
+    config = {
+        "_target_": f"{__name__}.{detector}",
+        "ann_file": str(ann_file),
+        "mode": "swap21" if mode == "swap21_scores" else mode,
+    }
     state = {
-        "model": TruthDetector(25, str(ann_file), mode).state_dict(),
+        "model": {},
         "model_config": config,
         "data_config": DATA_CONFIG,
         "num_classes": 25,
@@ -294,6 +319,24 @@ def test_a_yolo_karyotyper_is_scored_raw_and_again_with_its_pair_prior(
     assert "| YOLOv8 + pair prior (ours; the same weights; one box per chromosome" in result["table"]
 
 
+def test_a_detector_with_class_scores_gets_a_pair_prior_row(stand_ins: dict, tmp_path: Path) -> None:
+    """SSD / R-FCN style: 21s called 22 at 0.5 (21 at 0.45). Raw, class 21 is never found; with the pair prior
+    the cell's two 22 slots go to the sure 22s and the 21s move back, except a third 21 (a trisomy keeps
+    one 21 as 22: a third copy is penalised either way, and 22 scores higher)."""
+    root = stand_ins["root"]
+    checkpoint = truth_checkpoint(root / "swap21_scores.pt", stand_ins["test_set"].ann_file, "swap21_scores")
+    model = KaryotypeModel(checkpoint, "SSD", "karyogram", "scored", DATA_CONFIG, "scored")
+    ours = accuracy_without_figures([model], tmp_path, stand_ins)["ours"]["karyogram"]
+    assert list(ours) == ["SSD", "SSD + pair prior"]
+    found = sum(min(int((labels == 21).sum()), 2) for labels in map(np.asarray, stand_ins["labels"]))
+    missed = sum(int((np.asarray(labels) == 21).sum()) for labels in stand_ins["labels"]) - found
+    raw, prior = ours["SSD"]["repeats"][0], ours["SSD + pair prior"]["repeats"][0]
+    assert raw["class_accuracy"] < prior["class_accuracy"]
+    total = sum(len(labels) for labels in stand_ins["labels"])
+    assert prior["class_accuracy"] == pytest.approx(1 - missed / total)
+    assert raw["class_accuracy"] == pytest.approx(1 - (found + missed) / total)
+
+
 def test_score_model_applies_adjust_to_the_loaded_model_before_scoring(stand_ins: dict) -> None:
     """``adjust`` changes prediction settings of the checkpoint's model (two_stage_settings.py's sweep)."""
     from cytobench.reproduce.karyotype_models import score_model
@@ -407,10 +450,17 @@ def test_smoke_models_end_to_end(data_dir: Path, tmp_path: Path, capsys: pytest.
     capsys.readouterr()
     result = json.loads((out / "table5_1.json").read_text())
     ours = result["ours"]["karyogram"]
-    # the YOLO run twice: raw (the thesis' row) and with its pair prior
-    assert sorted(ours) == sorted(
-        ["YOLOv8", "YOLOv8 + pair prior", "Faster R-CNN", "R-FCN", "SSD", "Two-stage"]
-    )
+    # the YOLO, R-FCN and SSD runs twice: raw (the thesis' row) and with the pair prior
+    assert list(ours) == [
+        "YOLOv8",
+        "YOLOv8 + pair prior",
+        "Faster R-CNN",
+        "R-FCN",
+        "R-FCN + pair prior",
+        "SSD",
+        "SSD + pair prior",
+        "Two-stage",
+    ]
     for row in ours.values():
         for column in ("recall", "precision", "f1"):
             value = row[column]["mean"]

@@ -2,7 +2,8 @@
 
 A detector that gives each detection its per-class scores (``class_scores``, (N, C), column ``j`` the score
 of label ``j + 1``: YOLO's per-class sigmoids, SSD's or R-FCN's softmax without the background) can have
-its detections of one cell relabelled jointly, as the two-stage model labels its crops:
+its detections of one cell relabelled jointly, as the two-stage model labels its crops (such a detector says so
+with a class attribute ``gives_class_scores = True``):
 
 * a box's *existence* is the sum of its class scores (at most 1: a chromosome torn between 4 and 5, 0.4
   each, is still there; for a softmax it is 1 - p(background));

@@ -337,8 +337,11 @@ class RFCN(GeneralizedRCNN):
     ``model(images, targets)`` returns ``loss_objectness``, ``loss_rpn_box_reg`` (RPN),
     ``loss_classifier`` and ``loss_box_reg`` (head) in training and, in eval, per image ``boxes``
     (M, 4) xyxy in input pixels, ``scores`` (M,) and ``labels`` (M,) in 1..num_classes-1. 1-channel
-    images are repeated to 3 channels.
+    images are repeated to 3 channels. Detections carry ``class_scores`` (their RoI's softmax without the
+    background; :meth:`PSRoIHead.postprocess_detections`).
     """
+
+    gives_class_scores = True
 
     def __init__(
         self,

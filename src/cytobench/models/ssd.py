@@ -74,6 +74,8 @@ class SSD(AcceptsGrayImages, _TorchvisionSSD):
     its default box's softmax scores (``class_scores``, (N, num_classes - 1), background left out; what
     the karyotype pair prior reads, :mod:`cytobench.models.karyotype_cell`)."""
 
+    gives_class_scores = True
+
     def forward(self, images: list[torch.Tensor], targets: list[dict[str, Any]] | None = None):
         out = super().forward(images, targets)
         if self.training:

@@ -233,8 +233,10 @@ def score_model(
     """Score one checkpoint on a test set with the karyotype evaluator.
 
     Args:
-        pair_prior: for a YOLO karyotyper, its cell post-processing on or off (``YoloModel``'s
-            ``pair_prior``); None: as the run saved it. Other models ignore it.
+        pair_prior: the pair prior as cell post-processing, on or off: a YOLO karyotyper's own
+            (``YoloModel``'s ``pair_prior``; None: as the run saved it); for SSD and R-FCN, whose detections
+            carry per-class scores (``gives_class_scores``), True wraps the model in
+            :class:`~cytobench.models.karyotype_cell.PairPriorCells`. Other models ignore it.
         adjust: called with the loaded model before scoring, to change its prediction settings (e.g. the
             two-stage model's ``cell_score_thr``: experiments/karyotype/two_stage_settings.py).
 
@@ -245,18 +247,22 @@ def score_model(
     """
     from cytobench.engine.predict import load_model_from_checkpoint
     from cytobench.karyotype.command import karyotype_label_map
+    from cytobench.models.karyotype_cell import PairPriorCells
     from cytobench.models.yolo import YoloModel
     from cytobench.reproduce.base import run_on_test_set
 
     net, info = load_model_from_checkpoint(model.checkpoint, device, trust=trust)
-    switchable = isinstance(net, YoloModel) and net.task == "detect"
-    if switchable and pair_prior is not None:
+    label_map = karyotype_label_map(info, model.checkpoint)
+    own_prior = isinstance(net, YoloModel) and net.task == "detect"
+    wrappable = bool(getattr(net, "gives_class_scores", False))
+    if own_prior and pair_prior is not None:
         net.pair_prior = bool(pair_prior)
     if adjust is not None:
         adjust(net)
-    evaluator = _ClassIdEvaluator(
-        karyotype_label_map(info, model.checkpoint), truth_class_map(test_set), keep, score_thr=score_thr
-    )
+    if wrappable and pair_prior:
+        columns = {cls: label - 1 for label, cls in label_map.items()}
+        net = PairPriorCells(net, [columns[cls] for cls in range(1, 25)])
+    evaluator = _ClassIdEvaluator(label_map, truth_class_map(test_set), keep, score_thr=score_thr)
     run_on_test_set(net, test_set, evaluator, device)
     result = evaluator.result()
     return {
@@ -264,7 +270,7 @@ def score_model(
         "confusion": result.confusion.tolist(),
         "karyotypes": evaluator.karyotypes(),
         "predictions": [{k: v.tolist() for k, v in p.items()} for p in evaluator.kept],
-        "switchable_prior": switchable,
+        "switchable_prior": own_prior or wrappable,
     }
 
 

@@ -20,7 +20,9 @@ cpu 50, paper 200 cells; ``--n-test`` overrides). The one streaming loop feeds i
 :class:`~cytobench.evaluation.karyotype.KaryotypeEvaluator` (IoU 0.5, detections scored >= ``--score-thr``,
 the training evaluator's 0.5 by default), on the model's labels mapped to the classes 1-22, X, Y by the
 checkpoint's category names (:func:`cytobench.karyotype.command.karyotype_label_map`, which refuses a
-checkpoint of other classes).
+checkpoint of other classes). YOLO, SSD and R-FCN are scored twice: raw (the thesis' kind of row) and with the
+pair prior as cell post-processing (``<model> + pair prior``: one box per chromosome, the cell's boxes labelled
+jointly, :mod:`cytobench.models.karyotype_cell`); Faster R-CNN's torchvision head gives no per-box class scores.
 
 * ``karyotype/table5_1`` writes ``table5_1.md`` / ``.json``: recall, precision and F1 (means over the 24
   classes, :mod:`cytobench.evaluation.karyotype`) of every model on karyograms, each thesis row
@@ -91,14 +93,19 @@ __all__ = [
 ]
 
 TEST_IMAGES = {"smoke": 4, "cpu": 50, "paper": 200}  # held-out cells per data kind
-#: a YOLO karyotyper scored a second time with its cell post-processing on (``YoloModel``'s ``pair_prior``)
-YOLO_PRIOR_ROW = "YOLOv8 + pair prior"
-ROW_ORDER = ("YOLOv8", YOLO_PRIOR_ROW, *list(MODEL_ROWS.values())[1:])
+#: models scored a second time with the pair prior as cell post-processing (YOLO's own ``pair_prior``; SSD's
+#: and R-FCN's per-class scores through :class:`~cytobench.models.karyotype_cell.PairPriorCells`)
+PRIOR_ROWS = {row: f"{row} + pair prior" for row in ("YOLOv8", "R-FCN", "SSD")}
+YOLO_PRIOR_ROW = PRIOR_ROWS["YOLOv8"]
+ROW_ORDER = tuple(r for row in MODEL_ROWS.values() for r in (row, PRIOR_ROWS.get(row)) if r)
 TWO_STAGE = "Two-stage"
-#: said in our YOLO rows: the thesis' model was another YOLO
+#: said in our rows: the thesis' model was another YOLO; what a prior row is
 ROW_NOTES = {
     "YOLOv8": "the thesis used YOLOv5",
-    YOLO_PRIOR_ROW: "the same weights; one box per chromosome, classes by the pair prior",
+    **{
+        row: "the same weights; one box per chromosome, classes by the pair prior"
+        for row in PRIOR_ROWS.values()
+    },
 }
 OUTPUTS = {  # command -> (its fixed files, its globbed files)
     "table5_1": (("table5_1.md", "table5_1.json"), "fig5_1_4_*.png"),
@@ -399,8 +406,8 @@ def reproduce(
         }
         progress(f"{KIND_TITLES[kind]}: {n} held-out cells, seed {test_set.seed}, {settings}")
         for model in sorted(members, key=lambda m: ROW_ORDER.index(m.row)):
-            # YOLO's own row as the thesis' (raw detections); a YOLO karyotyper once more with its pair prior
-            for row, pair_prior in ((model.row, False), (YOLO_PRIOR_ROW, True)):
+            # each model's own row as the thesis' (raw detections); YOLO, SSD, R-FCN once more with the pair prior
+            for row, pair_prior in ((model.row, False), (PRIOR_ROWS.get(model.row), True)):
                 progress(f"  scoring {row} ({model.variant}): {model.source}")
                 scored = score_model(
                     model, test_set, dev, score_thr=score_thr, trust=trust, pair_prior=pair_prior
