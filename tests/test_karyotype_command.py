@@ -253,6 +253,63 @@ def test_the_cell_step_sees_the_whole_image_also_when_it_is_tiled(
     assert code == 2 and err.count("\n") == 1 and "has no pair prior" in err
 
 
+class ScoredColourCodedDetector(ColourCodedDetector):
+    """ColourCodedDetector with per-class scores, as SSD and R-FCN give them: score G at its class and, for a
+    bar scored at most 0.52, 0.45 at the next class (a weak 4 that may be a 5)."""
+
+    gives_class_scores = True
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        out = super().forward(images)
+        for pred in out:
+            rows = torch.arange(len(pred["labels"]))
+            class_scores = torch.zeros(len(rows), 24)
+            class_scores[rows, pred["labels"] - 1] = pred["scores"]
+            weak = pred["scores"] <= 0.52
+            class_scores[rows[weak], pred["labels"][weak] % 24] = 0.45
+            pred["class_scores"] = class_scores
+        return out
+
+
+def test_pair_prior_on_a_detector_with_class_scores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SSD / R-FCN style: off unless asked (they are not trained with it); --pair-prior relabels the whole
+    image's detections as one cell, also when it is tiled: a third, weak 4 (0.5; 5 at 0.45) becomes the 5."""
+    path = tmp_path / "scored.pt"
+    torch.save(
+        {
+            "model": {},
+            "model_config": {"_target_": f"{__name__}.ScoredColourCodedDetector"},
+            "data_config": None,
+            "num_classes": 25,
+            "label_to_cat_id": {k + 1: k + 1 for k in range(24)},
+            "categories": KARYOTYPE_CATEGORIES,
+        },
+        path,
+    )
+    classes, scores = list(NORMAL_XY), [0.95] * len(NORMAL_XY)
+    classes[NORMAL_XY.index(5)], scores[NORMAL_XY.index(5)] = 4, 0.5  # one 5 seen as a weak 4
+    image = str(draw_cell(tmp_path / "cell.png", classes, scores))
+    for k, (flags, karyotype) in enumerate(
+        (
+            ([], None),
+            (["--no-pair-prior"], None),
+            (["--pair-prior"], "46,XY"),
+            (["--pair-prior", "--tile", "64"], "46,XY"),
+        )
+    ):
+        out = tmp_path / f"out{k}"
+        code, _, err = run(["--checkpoint", str(path), "--images", image, "--out", str(out), *flags], capsys)
+        assert code == 0, err
+        entry = json.loads((out / "karyotypes.json").read_text())["images"][0]
+        counts = (entry["counts"]["4"], entry["counts"]["5"])
+        if karyotype is None:  # raw: three 4s and one 5
+            assert counts == (3, 1) and entry["karyotype"] != "46,XY"
+        else:
+            assert counts == (2, 2) and entry["karyotype"] == karyotype and entry["n_chromosomes"] == 46
+
+
 def test_refuses_checkpoints_of_other_classes(
     ckpt: dict[str, Path], cells: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

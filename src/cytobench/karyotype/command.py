@@ -40,6 +40,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +97,8 @@ def add_karyotype_arguments(parser: argparse.ArgumentParser) -> None:
         "--pair-prior",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="label each cell under the pair prior (YOLO and two-stage models; default: as the run was "
-        "trained: on for experiment=karyotype_yolo / karyotype_two_stage)",
+        help="label each cell under the pair prior (YOLO, SSD, R-FCN and two-stage models; default: as the run "
+        "was trained: on for experiment=karyotype_yolo / karyotype_two_stage, off for SSD / R-FCN)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     add_trust_checkpoint_argument(parser)
@@ -211,22 +212,30 @@ class _Detector:
     """The checkpoint's model, tiled as ``cytobench predict`` tiles it, returning NumPy detections."""
 
     def __init__(self, args: argparse.Namespace) -> None:
+        import torch
+
         from cytobench.engine.distributed import local_device
         from cytobench.engine.predict import load_model_from_checkpoint
         from cytobench.engine.tiling import TiledPredictor, training_image_size
+        from cytobench.models.karyotype_cell import columns_from_label_map, pair_prior_cell
 
         self.device = local_device(args.device)
         model, info = load_model_from_checkpoint(args.checkpoint, self.device, trust=args.trust_checkpoint)
         self.label_map = karyotype_label_map(info, args.checkpoint)
-        if args.pair_prior is not None:
+        # a whole-cell step (the pair prior) runs once on the whole image's detections, also when the image
+        # is tiled: YOLO's own, or the shared one on SSD's / R-FCN's per-class scores; a two-stage model's
+        # classifier does so inside TiledPredictor
+        self.cell_step = None
+        if getattr(model, "gives_class_scores", False):
+            if args.pair_prior:  # off by default: these models were not trained with it
+                columns = torch.as_tensor(columns_from_label_map(self.label_map), device=self.device)
+                self.cell_step = partial(pair_prior_cell, columns=columns)
+        elif args.pair_prior is not None:
             if not hasattr(model, "pair_prior"):
                 raise BadInputError(
                     args.checkpoint, f"a {type(model).__name__} has no pair prior (--pair-prior)"
                 )
             model.pair_prior = bool(args.pair_prior)
-        # a model's whole-cell step (YOLO's pair prior) runs once on the whole image's detections, also when
-        # the image is tiled; a two-stage model's classifier does so inside TiledPredictor
-        self.cell_step = None
         if getattr(model, "pair_prior", False) and hasattr(model, "cell_step"):
             model.pair_prior, self.cell_step = False, model.cell_step
         window = training_image_size(info.get("data_config")) if args.tile is None else int(args.tile)

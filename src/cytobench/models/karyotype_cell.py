@@ -15,8 +15,9 @@ with a class attribute ``gives_class_scores = True``):
   ``scores`` become the existences.
 
 :class:`PairPriorCells` wraps such a detector so that ``model(images)`` returns the relabelled cells (how
-``cytobench reproduce karyotype/...`` scores SSD and R-FCN "+ pair prior"); YOLO has it built in
-(``YoloModel(pair_prior=True)``).
+``cytobench reproduce karyotype/...`` scores SSD and R-FCN "+ pair prior"); ``cytobench karyotype
+--pair-prior`` runs :func:`pair_prior_cell` once on a whole (possibly tiled) image's detections; YOLO has it
+built in (``YoloModel(pair_prior=True)``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from torch import nn
 
 from cytobench.errors import BadInputError
 
-__all__ = ["PairPriorCells", "chromosome_columns", "pair_prior_cell"]
+__all__ = ["PairPriorCells", "chromosome_columns", "columns_from_label_map", "pair_prior_cell"]
 
 
 def pair_prior_cell(
@@ -103,6 +104,13 @@ def chromosome_columns(label_names: Sequence[str], source: str = "model.eval.pai
             f"the pair prior needs the 24 chromosome classes 1..22, X, Y; the model has {len(names)} classes",
         )
     return [names.index(name) for name in CLASS_NAMES]
+
+
+def columns_from_label_map(label_map: Mapping[int, int]) -> list[int]:
+    """The ``class_scores`` column of each chromosome class 1-22, X, Y from a model label -> class id (1-24)
+    map (:func:`cytobench.karyotype.command.karyotype_label_map`, which checks that all 24 are there)."""
+    column_of = {int(cls): int(label) - 1 for label, cls in label_map.items()}
+    return [column_of[cls] for cls in range(1, 25)]
 
 
 class PairPriorCells(nn.Module):

@@ -247,7 +247,7 @@ def score_model(
     """
     from cytobench.engine.predict import load_model_from_checkpoint
     from cytobench.karyotype.command import karyotype_label_map
-    from cytobench.models.karyotype_cell import PairPriorCells
+    from cytobench.models.karyotype_cell import PairPriorCells, columns_from_label_map
     from cytobench.models.yolo import YoloModel
     from cytobench.reproduce.base import run_on_test_set
 
@@ -260,8 +260,7 @@ def score_model(
     if adjust is not None:
         adjust(net)
     if wrappable and pair_prior:
-        columns = {cls: label - 1 for label, cls in label_map.items()}
-        net = PairPriorCells(net, [columns[cls] for cls in range(1, 25)])
+        net = PairPriorCells(net, columns_from_label_map(label_map))
     evaluator = _ClassIdEvaluator(label_map, truth_class_map(test_set), keep, score_thr=score_thr)
     run_on_test_set(net, test_set, evaluator, device)
     result = evaluator.result()
