@@ -115,7 +115,8 @@ def columns_from_label_map(label_map: Mapping[int, int]) -> list[int]:
 
 class PairPriorCells(nn.Module):
     """A 24-class detector whose outputs carry ``class_scores``, each image's detections relabelled as one
-    cell by :func:`pair_prior_cell`; ``columns`` from :func:`chromosome_columns`."""
+    cell by :func:`pair_prior_cell`; ``columns`` from :func:`chromosome_columns` (label names) or
+    :func:`columns_from_label_map` (a checkpoint's label -> class map)."""
 
     def __init__(
         self,

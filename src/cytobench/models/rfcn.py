@@ -451,7 +451,7 @@ def build_rfcn(
         k=k,
         mid_channels=mid_channels,
         pooling=pooling,
-        stride=output_stride,
+        stride=trunk.stride,
         fg_iou_thresh=box_fg_iou_thresh,
         bg_iou_thresh=box_bg_iou_thresh,
         batch_size_per_image=box_batch_size_per_image,

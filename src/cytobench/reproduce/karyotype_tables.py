@@ -96,7 +96,6 @@ TEST_IMAGES = {"smoke": 4, "cpu": 50, "paper": 200}  # held-out cells per data k
 #: models scored a second time with the pair prior as cell post-processing (YOLO's own ``pair_prior``; SSD's
 #: and R-FCN's per-class scores through :class:`~cytobench.models.karyotype_cell.PairPriorCells`)
 PRIOR_ROWS = {row: f"{row} + pair prior" for row in ("YOLOv8", "R-FCN", "SSD")}
-YOLO_PRIOR_ROW = PRIOR_ROWS["YOLOv8"]
 ROW_ORDER = tuple(r for row in MODEL_ROWS.values() for r in (row, PRIOR_ROWS.get(row)) if r)
 TWO_STAGE = "Two-stage"
 #: said in our rows: the thesis' model was another YOLO; what a prior row is
